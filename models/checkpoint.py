@@ -1,0 +1,48 @@
+"""The canonical checkpoint every reader produces: dimensions plus openai-whisper state-dict tensors."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_asr.runtime.dims import ModelDims
+
+
+@dataclass
+class Checkpoint:
+    """Weights of one Whisper model, whatever format they came from.
+
+    ``tensors`` uses openai-whisper's state-dict names (``encoder.blocks.0.attn.query.weight``...),
+    float32 numpy arrays; ``encoder.positional_embedding`` is always present. ``tokenizer_json`` is a
+    Hugging Face ``tokenizer.json`` for the model's vocabulary. ``suppress_tokens`` is the checkpoint's
+    own list of tokens never to emit (None: use Whisper's default list).
+    """
+
+    name: str
+    dims: ModelDims
+    tensors: dict[str, np.ndarray]
+    tokenizer_json: Path
+    source: str
+    source_sha256: str
+    suppress_tokens: list[int] | None = None
+    alignment_heads: list[list[int]] = field(default_factory=list)
+
+
+def sha256_of(paths: list[Path], chunk: int = 1 << 22) -> str:
+    """One digest over the bytes of several files in order (a model split into parts hashes as one)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Whisper's fixed encoder positional embedding."""
+    log_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_increment * np.arange(channels // 2))
+    scaled = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Engines: one module per backend, all behind the interface in base.py."""

@@ -1,0 +1,54 @@
+"""The engine interface every backend implements; decoding is written once above it.
+
+An engine runs two graphs of a bundle:
+
+* ``encode(mel)``: a batch of log-Mel windows ``float32 [batch, n_mels, frames]`` (frames even,
+  at most ``2 * n_audio_ctx``) becomes an :class:`AudioContext`, the cross-attention keys and values
+  of every decoder layer, computed once per window and kept where the backend wants them.
+* ``decode(tokens, offsets, cache, audio, select)``: one decoder pass for a batch of token rows
+  ``int64 [batch, n_tokens]``. Token ``i`` of row ``b`` sits at position ``offsets[b] + i``; it sees
+  the cached self-attention entries ``[0, offsets[b])`` and the new tokens ``0..i`` of its row. The
+  engine writes the new keys and values into ``cache`` at those positions and returns the logits
+  ``float32 [batch, len(select[b]), n_vocab]`` of the token indices in ``select`` (``int64 [batch, k]``),
+  so a long prompt costs one projection to the vocabulary only where logits are wanted.
+
+Rows carry their own positions, so rows from different utterances can share a step. Both the cache
+and the audio context are opaque to callers except for ``take(rows)``, which gathers rows (beam
+search reorders with it, and repeats one window's context for several beams).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from edge_asr.runtime.dims import ModelDims
+
+
+class AudioContext(Protocol):
+    batch: int
+
+    def take(self, rows: np.ndarray) -> "AudioContext": ...
+
+
+class KVCache(Protocol):
+    batch: int
+
+    def take(self, rows: np.ndarray) -> "KVCache": ...
+
+
+class Engine(Protocol):
+    dims: ModelDims
+
+    def encode(self, mel: np.ndarray) -> AudioContext: ...
+
+    def new_cache(self, batch: int) -> KVCache: ...
+
+    def decode(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache: KVCache,
+        audio: AudioContext,
+        select: np.ndarray,
+    ) -> np.ndarray: ...

