@@ -1,0 +1,38 @@
+"""What transcription produces: segments with times, gathered per file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+    temperature: float = 0.0
+
+
+@dataclass
+class WindowResult:
+    """One decoded window of long-form audio: where it lay and the segments it produced."""
+
+    start: float
+    end: float
+    language: str
+    segments: list[Segment]
+
+
+@dataclass
+class Transcript:
+    file: str
+    language: str
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments).strip()
