@@ -1,1 +1,16 @@
 """Engines: one module per backend, all behind the interface in base.py."""
+from __future__ import annotations
+
+from edge_asr.runtime.bundle import Bundle
+from edge_asr.runtime.engines.base import Engine
+from edge_asr.runtime.errors import BundleError
+
+
+def load_engine(bundle: Bundle, threads: int) -> Engine:
+    """The engine for a bundle's backend; load_bundle has already checked the backend is here."""
+    backend = bundle.target.backend
+    if backend == "onnxruntime":
+        from edge_asr.runtime.engines.ort import OrtEngine
+
+        return OrtEngine(bundle.file("encoder"), bundle.file("decoder"), bundle.dims, threads)
+    raise BundleError(f"bundle {bundle.path} needs the {backend} engine, which this edge-asr does not have yet.")

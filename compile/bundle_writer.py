@@ -1,0 +1,92 @@
+"""Compile a checkpoint into a bundle: export, optional quantization, tokenizer, manifest."""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+PRECISIONS = ("fp32", "int8")
+VERSION = "0.1.0"
+
+
+def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
+    """Build a CPU (onnxruntime) bundle for ``model`` (a zoo name or a checkpoint path) into ``out``.
+
+    The bundle is assembled in a temporary sibling directory and moved into place at the end, so an
+    interrupted compile never leaves a half-written bundle behind.
+    """
+    if precision not in PRECISIONS:
+        raise EdgeAsrError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    from edge_asr.compile.onnx_export import export_decoder, export_encoder
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+
+    out = Path(out)
+    log(f"reading {model}")
+    checkpoint = resolve_model(model)
+    torch_model = from_checkpoint(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        work = Path(tmp)
+        log("exporting the encoder and the decoder to ONNX")
+        graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
+                  "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
+        files = {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}
+        shutil.copyfile(checkpoint.tokenizer_json, work / "tokenizer.json")
+        files["tokenizer"] = work / "tokenizer.json"
+        manifest = _manifest(checkpoint, precision, files)
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        staged = work / "bundle"
+        staged.mkdir()
+        for path in [*files.values(), work / MANIFEST]:
+            path.rename(staged / path.name)
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    log(f"wrote bundle {out}")
+    return out
+
+
+def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:
+    if precision == "int8":
+        from edge_asr.compile.quantize import quantize_int8
+
+        log(f"quantizing {final.stem} to int8")
+        quantize_int8(fp32, final)
+    else:
+        fp32.rename(final)
+    return final
+
+
+def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
+    dims = checkpoint.dims
+    tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, dims.multilingual, dims.num_languages)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"edge-asr {VERSION}",
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": checkpoint.name,
+            "dims": dims.to_dict(),
+            "multilingual": dims.multilingual,
+            "special_tokens": tokenizer.special_tokens(),
+            "suppress_tokens": checkpoint.suppress_tokens,
+            "languages": list(tokenizer.language_codes) if dims.multilingual else ["en"],
+            "needs_30s_padding": True,
+        },
+        "backend": "onnxruntime",
+        "target": "cpu",
+        "precision": precision,
+        "shapes": {"batch": "dynamic", "n_mels": dims.n_mels, "audio_frames_max": 2 * dims.n_audio_ctx,
+                   "n_audio_ctx": dims.n_audio_ctx, "n_text_ctx": dims.n_text_ctx},
+        "files": {role: {"path": path.name, "sha256": sha256_file(path)} for role, path in files.items()},
+        "source": {"checkpoint": checkpoint.source, "sha256": checkpoint.source_sha256},
+    }

@@ -1,0 +1,186 @@
+"""The PyTorch reference Whisper: source of ONNX export, teacher and student, numerical reference.
+
+Submodule names follow openai-whisper's state dict, so a :class:`Checkpoint` loads as is. The decoder
+cache is explicit (see :mod:`edge_asr.runtime.engines.base` for the semantics): a static cache of
+``n_text_ctx`` slots goes in, the keys and values of the new tokens come out, and the caller writes
+them into its cache.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edge_asr.models.checkpoint import Checkpoint, sinusoids
+from edge_asr.runtime.dims import ModelDims
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend from the queries of ``x`` [B, N, D] to projected keys and values [B, S, D].
+
+        ``mask`` is added to the scores and broadcasts to [B, heads, N, S].
+        """
+        batch, n_ctx, n_state = x.shape
+        head_dim = n_state // self.n_head
+        q = self.query(x).view(batch, n_ctx, self.n_head, head_dim).transpose(1, 2)
+        k = k.view(batch, -1, self.n_head, head_dim).permute(0, 2, 3, 1)
+        v = v.view(batch, -1, self.n_head, head_dim).transpose(1, 2)
+        # Scaling q (N rows) rather than the scores (N x S) is the cheaper place for the constant.
+        scores = (q * head_dim**-0.5) @ k
+        if mask is not None:
+            scores = scores + mask
+        out = torch.softmax(scores, dim=-1) @ v
+        return self.out(out.transpose(1, 2).reshape(batch, n_ctx, n_state))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn_ln = nn.LayerNorm(n_state) if cross_attention else None
+        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
+        self.mlp_ln = nn.LayerNorm(n_state)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
+        cross: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One block; ``past`` are cached self-attention keys/values put before the new ones.
+
+        Returns the output and the self-attention keys and values of ``x`` alone (what a cache stores).
+        """
+        h = self.attn_ln(x)
+        k, v = self.attn.key(h), self.attn.value(h)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        x = x + self.attn(h, keys, values, mask)
+        if cross is not None:
+            x = x + self.cross_attn(self.cross_attn_ln(x), *cross)
+        x = x + self.mlp(self.mlp_ln(x))
+        return x, k, v
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        state = dims.n_audio_state
+        self.conv1 = nn.Conv1d(dims.n_mels, state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(state, state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", torch.from_numpy(sinusoids(dims.n_audio_ctx, state)))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(state, dims.n_audio_head) for _ in range(dims.n_audio_layer)
+        )
+        self.ln_post = nn.LayerNorm(state)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        # Shorter windows than 30 s take the first positions, so encoding a short utterance is cheap.
+        x = x + self.positional_embedding[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x)[0]
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        state = dims.n_text_state
+        self.token_embedding = nn.Embedding(dims.n_vocab, state)
+        self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(state, dims.n_text_head, cross_attention=True)
+            for _ in range(dims.n_text_layer)
+        )
+        self.ln = nn.LayerNorm(state)
+
+    def cross_kv(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output [B, T, D] -> every layer's cross-attention keys and values [L, B, T, D]."""
+        keys = [block.cross_attn.key(audio) for block in self.blocks]
+        values = [block.cross_attn.value(audio) for block in self.blocks]
+        return torch.stack(keys), torch.stack(values)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        offsets: Tensor,
+        self_k: Tensor,
+        self_v: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        select: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One cached pass, as the engine interface defines it.
+
+        tokens [B, N] int64, offsets [B] int64, self_k/self_v [L, B, C, D] (C cache slots),
+        cross_k/cross_v [L, B, T, D], select [B, K] int64 -> logits [B, K, n_vocab] and the new
+        tokens' keys/values [L, B, N, D].
+        """
+        positions = offsets[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.token_embedding(tokens) + self.positional_embedding[positions]
+        mask = cached_mask(offsets, self_k.shape[2], tokens.shape[1])
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, mask, (self_k[i], self_v[i]), (cross_k[i], cross_v[i]))
+            new_k.append(k)
+            new_v.append(v)
+        # Gather before the final norm and the vocabulary projection: both are per position.
+        x = x.gather(1, select[:, :, None].expand(-1, -1, x.shape[2]))
+        return self.project(x), torch.stack(new_k), torch.stack(new_v)
+
+    def full(self, tokens: Tensor, audio: Tensor) -> Tensor:
+        """Logits of every position of ``tokens`` [B, N] with no cache and a plain causal mask."""
+        n = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:n]
+        mask = torch.full((n, n), float("-inf"), device=tokens.device).triu(1)
+        cross_k, cross_v = self.cross_kv(audio)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cross=(cross_k[i], cross_v[i]))[0]
+        return self.project(x)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Final norm, then the output projection tied to the token embedding."""
+        return self.ln(x) @ self.token_embedding.weight.T
+
+
+def cached_mask(offsets: Tensor, n_slots: int, n_tokens: int) -> Tensor:
+    """Additive mask [B, 1, N, C + N]: row b's token i sees cache slots [0, offsets[b]) and new tokens 0..i."""
+    slots = torch.arange(n_slots, device=offsets.device)
+    stale = (slots[None, :] >= offsets[:, None])[:, None, :].expand(-1, n_tokens, -1)
+    future = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=offsets.device).triu(1)
+    hidden = torch.cat([stale, future.expand(offsets.shape[0], -1, -1)], dim=2)
+    zeros = torch.zeros(hidden.shape, device=offsets.device)
+    return zeros.masked_fill(hidden, float("-inf"))[:, None]
+
+
+class WhisperModel(nn.Module):
+    def __init__(self, dims: ModelDims):
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims)
+        self.decoder = TextDecoder(dims)
+
+    def logits(self, mel: Tensor, tokens: Tensor) -> Tensor:
+        """Logits [B, N, n_vocab] of every token position, computed without a cache."""
+        return self.decoder.full(tokens, self.encoder(mel))
+
+
+def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
+    """A float32 model in eval mode holding the checkpoint's weights."""
+    model = WhisperModel(ckpt.dims)
+    model.load_state_dict({name: torch.from_numpy(t) for name, t in ckpt.tensors.items()})
+    return model.float().eval()

@@ -1,0 +1,125 @@
+"""Bundles: a directory with manifest.json, the engine files and the tokenizer.
+
+The manifest is the contract between compile/ (which writes it) and runtime/ (which refuses, in one
+sentence, any bundle it cannot run: unknown format, other target, missing backend, bad hash).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.errors import BundleError
+
+FORMAT = "edge-asr-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a bundle runs: the backend that executes it and the machines it was built for."""
+
+    name: str
+    backend: str
+    python_module: str
+    extra: str
+    machines: tuple[str, ...] = ()
+
+    def refusal(self) -> str | None:
+        """Why this machine cannot run the target, or None when it can."""
+        if self.machines and platform.machine() not in self.machines:
+            return f"it was compiled for {self.name} ({'/'.join(self.machines)}), and this machine is {platform.machine()}"
+        if importlib.util.find_spec(self.python_module) is None:
+            return f"it needs the {self.backend} backend: pip install 'edge-asr[{self.extra}]'"
+        return None
+
+
+TARGETS = {
+    t.name: t
+    for t in (
+        Target("cpu", "onnxruntime", "onnxruntime", "runtime"),
+        Target("rpi4", "tvm", "tvm", "tvm", ("aarch64", "arm64")),
+        Target("jetson-orin", "tensorrt", "tensorrt", "tensorrt", ("aarch64",)),
+        Target("jetson-xavier", "tensorrt", "tensorrt", "tensorrt", ("aarch64",)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def dims(self) -> ModelDims:
+        return ModelDims.from_dict(self.manifest["model"]["dims"])
+
+    @property
+    def target(self) -> Target:
+        return TARGETS[self.manifest["target"]]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def suppress_tokens(self) -> list[int] | None:
+        return self.manifest["model"].get("suppress_tokens")
+
+    def file(self, role: str) -> Path:
+        return self.path / self.manifest["files"][role]["path"]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(path: Path, verify: bool = True) -> Bundle:
+    """Read and check a bundle; every refusal is one sentence that names the bundle."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
+            f"this edge-asr reads {FORMAT!r} version {FORMAT_VERSION}: recompile it with `edge-asr compile`."
+        )
+    target = TARGETS.get(manifest.get("target"))
+    if target is None:
+        raise BundleError(f"bundle {path} is for target {manifest.get('target')!r}, which this edge-asr does not know.")
+    reason = target.refusal()
+    if reason:
+        raise BundleError(f"bundle {path} cannot run here: {reason}.")
+    for role, entry in manifest["files"].items():
+        file = path / entry["path"]
+        if not file.is_file():
+            raise BundleError(f"bundle {path} is incomplete: its {role} file {entry['path']} is missing.")
+        if verify and sha256_file(file) != entry["sha256"]:
+            raise BundleError(f"bundle {path} is damaged: {entry['path']} does not match its sha256 in the manifest.")
+    return Bundle(path, manifest)
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.is_dir():
+        raise BundleError(f"bundle {path} does not exist (make one with `edge-asr compile`).")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"bundle {path} has a {MANIFEST} that is not valid JSON.") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"bundle {path} has a {MANIFEST} without a files table.")
+    return manifest
