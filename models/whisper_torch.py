@@ -163,8 +163,7 @@ def cached_mask(offsets: Tensor, n_slots: int, n_tokens: int) -> Tensor:
     stale = (slots[None, :] >= offsets[:, None])[:, None, :].expand(-1, n_tokens, -1)
     future = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=offsets.device).triu(1)
     hidden = torch.cat([stale, future.expand(offsets.shape[0], -1, -1)], dim=2)
-    zeros = torch.zeros(hidden.shape, device=offsets.device)
-    return zeros.masked_fill(hidden, float("-inf"))[:, None]
+    return torch.where(hidden, float("-inf"), 0.0)[:, None]
 
 
 class WhisperModel(nn.Module):
@@ -182,5 +181,5 @@ class WhisperModel(nn.Module):
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
     """A float32 model in eval mode holding the checkpoint's weights."""
     model = WhisperModel(ckpt.dims)
-    model.load_state_dict({name: torch.from_numpy(t) for name, t in ckpt.tensors.items()})
+    model.load_state_dict({name: torch.tensor(t) for name, t in ckpt.tensors.items()})
     return model.float().eval()

@@ -1,0 +1,85 @@
+"""Export the reference model as two ONNX graphs: the encoder (mel -> cross-attention K/V) and one
+cached decoder pass with the engine interface's semantics (see edge_asr.runtime.engines.base).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from edge_asr.models.whisper_torch import WhisperModel
+
+OPSET = 17  # LayerNormalization is native from 17; onnxruntime and TensorRT 8.6+ both run it.
+
+
+class _EncoderGraph(nn.Module):
+    """The encoder followed by every decoder layer's cross-attention key/value projections."""
+
+    def __init__(self, model: WhisperModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.decoder.cross_kv(self.model.encoder(mel))
+
+
+def export_encoder(model: WhisperModel, path: Path) -> Path:
+    """Write encoder.onnx: mel [batch, n_mels, frames] -> cross_k, cross_v [layers, batch, frames/2, D]."""
+    mel = torch.zeros(1, model.dims.n_mels, 2 * model.dims.n_audio_ctx)
+    cross = {1: "batch", 2: "audio_ctx"}
+    _export(
+        _EncoderGraph(model),
+        (mel,),
+        path,
+        {"mel": {0: "batch", 2: "frames"}},
+        {"cross_k": cross, "cross_v": cross},
+    )
+    return path
+
+
+def export_decoder(model: WhisperModel, path: Path) -> Path:
+    """Write decoder.onnx: one cached pass for a batch of token rows, each at its own offset."""
+    dims = model.dims
+    batch, n_tokens, audio_ctx = 2, 3, 16
+    cache = torch.zeros(dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state)
+    cross = torch.zeros(dims.n_text_layer, batch, audio_ctx, dims.n_text_state)
+    args = (
+        torch.zeros(batch, n_tokens, dtype=torch.int64),
+        torch.tensor([0, 5]),
+        cache,
+        cache,
+        cross,
+        cross,
+        torch.zeros(batch, 1, dtype=torch.int64),
+    )
+    rows = {0: "batch"}
+    new = {1: "batch", 2: "n_tokens"}
+    inputs = {
+        "tokens": {0: "batch", 1: "n_tokens"},
+        "offsets": rows,
+        "self_k": {1: "batch"},
+        "self_v": {1: "batch"},
+        "cross_k": {1: "batch", 2: "audio_ctx"},
+        "cross_v": {1: "batch", 2: "audio_ctx"},
+        "select": {0: "batch", 1: "k"},
+    }
+    outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new, "new_v": new}
+    _export(model.decoder, args, path, inputs, outputs)
+    return path
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={**inputs, **outputs},
+            opset_version=OPSET,
+            dynamo=False,
+        )

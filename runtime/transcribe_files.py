@@ -1,0 +1,69 @@
+"""`edge-asr transcribe`: many files, one bundle; a bad file costs only itself, partial work is kept."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.formats import render
+from edge_asr.runtime.transcriber import Transcriber
+from edge_asr.runtime.transcript import Transcript
+
+
+class Progress:
+    """One self-rewriting stderr line per file, only on a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def update(self, name: str, done: float, total: float) -> None:
+        if self.enabled:
+            print(f"\r{name}: {min(done, total):6.1f} / {total:.1f} s ({100 * min(done / total, 1):3.0f}%)",
+                  end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def transcribe_files(bundle: Path, args) -> int:
+    transcriber = Transcriber(bundle, threads=args.threads)
+    options = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
+    progress = Progress(not args.no_progress)
+    failures = 0
+    for path in args.files:
+        transcript = Transcript(file=str(path), language=args.language or "", duration=0.0)
+        try:
+            audio = load_audio(path)
+            transcript.duration = len(audio) / SAMPLE_RATE
+            for window in transcriber.windows(audio, options):
+                transcript.language = window.language
+                transcript.segments.extend(window.segments)
+                progress.update(path.name, window.end, transcript.duration)
+        except EdgeAsrError as err:
+            print(f"edge-asr: {err}", file=sys.stderr)
+            failures += 1
+            continue
+        except KeyboardInterrupt:
+            progress.finish()
+            _emit(transcript, args)
+            print(f"edge-asr: interrupted; {path} is transcribed up to {_last_end(transcript):.1f} s", file=sys.stderr)
+            return 130
+        finally:
+            progress.finish()
+        _emit(transcript, args)
+    return 1 if failures else 0
+
+
+def _last_end(transcript: Transcript) -> float:
+    return transcript.segments[-1].end if transcript.segments else 0.0
+
+
+def _emit(transcript: Transcript, args) -> None:
+    text = render(transcript, args.format)
+    if args.output is None:
+        print(text, flush=True)
+        return
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{Path(transcript.file).stem}.{args.format}").write_text(text + "\n")

@@ -1,0 +1,56 @@
+"""The Python API: a loaded bundle that turns audio into a Transcript."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.bundle import Bundle, load_bundle
+from edge_asr.runtime.decoding.options import TranscribeOptions
+from edge_asr.runtime.decoding.transcribe import transcribe
+from edge_asr.runtime.engines import load_engine
+from edge_asr.runtime.mel import N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.tokenizer import WhisperTokenizer
+from edge_asr.runtime.transcript import Transcript, WindowResult
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Transcriber:
+    """Engine, tokenizer and Mel frontend of one bundle, loaded once and used for many files."""
+
+    def __init__(self, bundle: Bundle | Path | str, threads: int | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
+        dims = self.bundle.dims
+        self.engine = load_engine(self.bundle, threads or default_threads())
+        self.tokenizer = WhisperTokenizer.from_file(self.bundle.file("tokenizer"), dims.multilingual, dims.num_languages)
+        self.frontend = LogMelFrontend(dims.n_mels)
+
+    def options(self, **overrides) -> TranscribeOptions:
+        """Options for this bundle: its own suppressed tokens unless overridden."""
+        suppress = self.bundle.suppress_tokens
+        if suppress is not None and "suppress_tokens" not in overrides:
+            overrides["suppress_tokens"] = tuple(suppress)
+        options = TranscribeOptions(**overrides)
+        options.validate()
+        return options
+
+    def windows(self, audio: np.ndarray, options: TranscribeOptions) -> Iterator[WindowResult]:
+        """Decoded 30 s windows as they complete, for progress and for keeping partial work."""
+        mel = self.frontend(audio, padding=N_SAMPLES)
+        yield from transcribe(self.engine, self.tokenizer, mel, options)
+
+    def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:
+        audio = load_audio(source) if not isinstance(source, np.ndarray) else source
+        options = options or self.options()
+        name = str(source) if not isinstance(source, np.ndarray) else "<array>"
+        transcript = Transcript(file=name, language=options.language or "", duration=len(audio) / SAMPLE_RATE)
+        for window in self.windows(audio, options):
+            transcript.language = window.language
+            transcript.segments.extend(window.segments)
+        return transcript
