@@ -19,6 +19,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int):
         super().__init__()
         self.n_head = n_head
+        self.scale = (n_state // n_head) ** -0.5
         self.query = nn.Linear(n_state, n_state)
         self.key = nn.Linear(n_state, n_state, bias=False)
         self.value = nn.Linear(n_state, n_state)
@@ -30,12 +31,11 @@ class MultiHeadAttention(nn.Module):
         ``mask`` is added to the scores and broadcasts to [B, heads, N, S].
         """
         batch, n_ctx, n_state = x.shape
-        head_dim = n_state // self.n_head
-        q = self.query(x).view(batch, n_ctx, self.n_head, head_dim).transpose(1, 2)
-        k = k.view(batch, -1, self.n_head, head_dim).permute(0, 2, 3, 1)
-        v = v.view(batch, -1, self.n_head, head_dim).transpose(1, 2)
+        q = self.query(x).view(batch, n_ctx, self.n_head, -1).transpose(1, 2)
+        k = k.view(batch, k.shape[1], self.n_head, -1).permute(0, 2, 3, 1)
+        v = v.view(batch, v.shape[1], self.n_head, -1).transpose(1, 2)
         # Scaling q (N rows) rather than the scores (N x S) is the cheaper place for the constant.
-        scores = (q * head_dim**-0.5) @ k
+        scores = (q * self.scale) @ k
         if mask is not None:
             scores = scores + mask
         out = torch.softmax(scores, dim=-1) @ v
@@ -161,7 +161,9 @@ def cached_mask(offsets: Tensor, n_slots: int, n_tokens: int) -> Tensor:
     """Additive mask [B, 1, N, C + N]: row b's token i sees cache slots [0, offsets[b]) and new tokens 0..i."""
     slots = torch.arange(n_slots, device=offsets.device)
     stale = (slots[None, :] >= offsets[:, None])[:, None, :].expand(-1, n_tokens, -1)
-    future = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=offsets.device).triu(1)
+    # Comparing aranges rather than triu: TensorRT parsers before 8.6 lack the Trilu op.
+    new = torch.arange(n_tokens, device=offsets.device)
+    future = new[None, :] > new[:, None]
     hidden = torch.cat([stale, future.expand(offsets.shape[0], -1, -1)], dim=2)
     return torch.where(hidden, float("-inf"), 0.0)[:, None]
 

@@ -42,16 +42,18 @@ def transcribe_files(bundle: Path, args) -> int:
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)
         except EdgeAsrError as err:
+            progress.finish()
             print(f"edge-asr: {err}", file=sys.stderr)
             failures += 1
+            if transcript.segments:
+                _emit(transcript, args)
             continue
         except KeyboardInterrupt:
             progress.finish()
             _emit(transcript, args)
             print(f"edge-asr: interrupted; {path} is transcribed up to {_last_end(transcript):.1f} s", file=sys.stderr)
             return 130
-        finally:
-            progress.finish()
+        progress.finish()
         _emit(transcript, args)
     return 1 if failures else 0
 
