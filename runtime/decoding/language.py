@@ -1,0 +1,29 @@
+"""Spoken-language identification: the language tokens' probabilities after <|startoftranscript|>."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_asr.runtime.decoding.logit_filters import log_softmax
+from edge_asr.runtime.engines.base import AudioContext, Engine
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+
+def detect_language(
+    engine: Engine, tokenizer: WhisperTokenizer, audio: AudioContext
+) -> list[tuple[str, dict[str, float]]]:
+    """For each window of ``audio``: the most probable language code and every language's probability."""
+    if not tokenizer.multilingual:
+        raise EdgeAsrError("This model is English-only; it cannot identify languages.")
+    rows = audio.batch
+    tokens = np.full((rows, 1), tokenizer.sot, dtype=np.int64)
+    logits = engine.decode(
+        tokens, np.zeros(rows, np.int64), engine.new_cache(rows), audio, np.zeros((rows, 1), np.int64)
+    )[:, 0]
+    language_tokens = list(tokenizer.language_tokens)
+    probs = np.exp(log_softmax(logits[:, language_tokens]))
+    results = []
+    for row_probs in probs:
+        by_code = dict(zip(tokenizer.language_codes, row_probs.tolist()))
+        results.append((max(by_code, key=by_code.get), by_code))
+    return results
