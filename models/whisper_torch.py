@@ -189,5 +189,5 @@ class WhisperModel(nn.Module):
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
     """A float32 model in eval mode holding the checkpoint's weights."""
     model = WhisperModel(ckpt.dims)
-    model.load_state_dict({name: torch.tensor(t) for name, t in ckpt.tensors.items()})
-    return model.float().eval()
+    model.load_state_dict({name: torch.tensor(t, dtype=torch.float32) for name, t in ckpt.tensors.items()})
+    return model.eval()

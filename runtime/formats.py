@@ -31,7 +31,7 @@ def _json(transcript: Transcript) -> str:
             for s in transcript.segments
         ],
     }
-    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    return json.dumps(document, ensure_ascii=False) + "\n"  # one line per file: several files make JSON Lines
 
 
 def _srt(transcript: Transcript) -> str:

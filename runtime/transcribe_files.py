@@ -64,8 +64,11 @@ def _last_end(transcript: Transcript) -> float:
 
 def _emit(transcript: Transcript, args) -> None:
     text = render(transcript, args.format)
+    if text and not text.endswith("\n"):
+        text += "\n"
     if args.output is None:
-        print(text, flush=True)
+        sys.stdout.write(text)
+        sys.stdout.flush()
         return
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"{Path(transcript.file).stem}.{args.format}").write_text(text + "\n")
+    (args.output / f"{Path(transcript.file).stem}.{args.format}").write_text(text)

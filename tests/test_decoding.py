@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asr.runtime.decoding import DecodingOptions, TranscribeOptions, decode_window, transcribe
-from edge_asr.runtime.decoding.decode import compression_ratio, initial_tokens
+from edge_asr.runtime.decoding.decode import compression_ratio, decode_window, initial_tokens
+from edge_asr.runtime.decoding.options import DecodingOptions, TranscribeOptions
 from edge_asr.runtime.decoding.logit_filters import (
     ApplyTimestampRules,
     SuppressBlank,
@@ -18,6 +18,7 @@ from edge_asr.runtime.decoding.logit_filters import (
 from edge_asr.runtime.decoding.repetition import MIN_TOKEN_CAP, is_looping, token_cap
 from edge_asr.runtime.decoding.search import BeamSearchDecoder, Candidate, GreedyDecoder, rank
 from edge_asr.runtime.decoding.segments import split_segments
+from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer

