@@ -138,14 +138,12 @@ class WhisperTokenizer:
         parts, run = [], []
         for token in tokens:
             if token >= self.timestamp_begin:
-                parts.append(self.decode(run) + f"<|{(token - self.timestamp_begin) * TIMESTAMP_SECONDS:.2f}|>")
+                seconds = (token - self.timestamp_begin) * TIMESTAMP_SECONDS
+                parts.append(self.decode(run) + f"<|{seconds:.2f}|>")
                 run = []
             else:
                 run.append(token)
         return "".join(parts) + self.decode(run)
-
-    def timestamp_seconds(self, token: int) -> float:
-        return (token - self.timestamp_begin) * TIMESTAMP_SECONDS
 
     @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:

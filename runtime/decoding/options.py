@@ -29,6 +29,11 @@ class DecodingOptions:
     suppress_blank: bool = True  # no blank or <|endoftext|> as the first sampled token
     without_timestamps: bool = False  # text only (<|notimestamps|>); no segment times inside a window
     max_initial_timestamp: float | None = 1.0  # seconds: the latest time the first timestamp may state
+    # Repetition guard: an n-gram repeated back to back at least loop_min_repeats times over at
+    # least loop_min_tokens tokens (timestamps left out) is a loop; decoding stops once every row
+    # loops. loop_min_repeats 0 turns the check off.
+    loop_min_repeats: int = 3
+    loop_min_tokens: int = 20
 
     def validate(self) -> "DecodingOptions":
         _require(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, not {self.task!r}.")
@@ -45,7 +50,10 @@ class DecodingOptions:
             self.length_penalty is None or 0 <= self.length_penalty <= 1,
             f"length_penalty must be None or between 0 and 1, not {self.length_penalty}.",
         )
-        _require(self.sample_len is None or self.sample_len >= 1, f"sample_len must be at least 1, not {self.sample_len}.")
+        _require(
+            self.sample_len is None or self.sample_len >= 1,
+            f"sample_len must be None or at least 1, not {self.sample_len}.",
+        )
         _require(
             all(isinstance(t, int) and t >= -1 for t in self.suppress_tokens),
             f"suppress_tokens must be token ids or -1 (the non-speech symbols), not {self.suppress_tokens}.",
@@ -54,6 +62,8 @@ class DecodingOptions:
             self.max_initial_timestamp is None or self.max_initial_timestamp >= 0,
             f"max_initial_timestamp must be None or at least 0 seconds, not {self.max_initial_timestamp}.",
         )
+        _require(self.loop_min_repeats >= 0, f"loop_min_repeats must not be negative, not {self.loop_min_repeats}.")
+        _require(self.loop_min_tokens >= 0, f"loop_min_tokens must not be negative, not {self.loop_min_tokens}.")
         return self
 
 
@@ -74,10 +84,6 @@ class TranscribeOptions(DecodingOptions):
     initial_prompt: str | None = None  # text that primes the first window (names, vocabulary, style)
     # Repetition guard: more tokens per second of audio than this means the decoder is looping.
     max_tokens_per_second: float | None = 10.0
-    # Repetition guard: an n-gram repeated back to back at least loop_min_repeats times over at
-    # least loop_min_tokens tokens (timestamps left out) is a loop. 0 turns the check off.
-    loop_min_repeats: int = 3
-    loop_min_tokens: int = 20
     seed: int = 0  # seeds the sampling at temperature > 0, so runs are reproducible
     window_frames: int = 3000  # Mel frames per window (100 a second); stock Whisper needs 30 s
 
@@ -101,8 +107,6 @@ class TranscribeOptions(DecodingOptions):
             self.max_tokens_per_second is None or self.max_tokens_per_second > 0,
             f"max_tokens_per_second must be None or positive, not {self.max_tokens_per_second}.",
         )
-        _require(self.loop_min_repeats >= 0, f"loop_min_repeats must not be negative, not {self.loop_min_repeats}.")
-        _require(self.loop_min_tokens >= 0, f"loop_min_tokens must not be negative, not {self.loop_min_tokens}.")
         _require(
             self.window_frames >= 2 and self.window_frames % 2 == 0,
             f"window_frames must be an even number of Mel frames, not {self.window_frames}.",

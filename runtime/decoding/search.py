@@ -36,12 +36,7 @@ class GreedyDecoder:
         self.rng = rng
 
     def update(self, sampled: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> Step:
-        if self.temperature == 0:
-            next_tokens = logits.argmax(axis=-1)
-        else:
-            # Gumbel-max: argmax(logits / T + Gumbel noise) draws from softmax(logits / T)
-            noise = self.rng.gumbel(size=logits.shape)
-            next_tokens = (logits / self.temperature + noise).argmax(axis=-1)
+        next_tokens = logits.argmax(axis=-1) if self.temperature == 0 else self._sample(logits)
         rows = np.arange(len(logits))
         logprobs = log_softmax(logits)[rows, next_tokens]
         finished = sampled[:, -1] == self.eot if sampled.shape[1] else np.zeros(len(logits), bool)
@@ -50,10 +45,17 @@ class GreedyDecoder:
         sampled = np.concatenate([sampled, next_tokens[:, None]], axis=1)
         return Step(sampled, sum_logprobs, rows, bool((next_tokens == self.eot).all()))
 
+    def _sample(self, logits: np.ndarray) -> np.ndarray:
+        """One draw per row from softmax(logits / T), by inverting the cumulative distribution (one
+        uniform number per row; a token of probability 0 is never drawn)."""
+        cumulative = np.cumsum(np.exp(log_softmax(logits / self.temperature)), axis=-1)
+        uniform = self.rng.random(len(logits)) * cumulative[:, -1]
+        return (cumulative <= uniform[:, None]).sum(axis=-1)
+
     def finalize(self, sampled: np.ndarray, sum_logprobs: np.ndarray, n_group: int) -> list[list[Candidate]]:
         candidates = [
             Candidate(_until_eot(row, self.eot), float(lp), bool((row == self.eot).any()))
-            for row, lp in zip(sampled, sum_logprobs)
+            for row, lp in zip(sampled, sum_logprobs, strict=False)
         ]
         return [candidates[i : i + n_group] for i in range(0, len(candidates), n_group)]
 

@@ -18,7 +18,7 @@ from edge_asr.runtime.decoding.decode import DecodingResult, decode_window
 from edge_asr.runtime.decoding.language import detect_language
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.repetition import is_looping, token_cap
-from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND, split_segments
+from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND, SegmentSpan, split_segments
 from edge_asr.runtime.engines.base import AudioContext, Engine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
@@ -27,40 +27,63 @@ from edge_asr.runtime.transcript import Segment, WindowResult
 # The Mel spectrogram comes with 30 s of zero audio appended (openai's log_mel_spectrogram with
 # padding=N_SAMPLES), so that its loudness normalisation matches the model's training.
 MEL_PADDING_FRAMES = 3000
+# Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
+FLAT_MEL_RANGE = 1e-3
 
 
 def transcribe(
-    engine: Engine, tokenizer: WhisperTokenizer, mel: np.ndarray, options: TranscribeOptions = TranscribeOptions()
+    engine: Engine, tokenizer: WhisperTokenizer, mel: np.ndarray, options: TranscribeOptions | None = None
 ) -> Iterator[WindowResult]:
     """Transcribes ``mel`` (float32 [n_mels, frames], 30 s of padding included) window by window."""
-    options.validate()
+    options = (options or TranscribeOptions()).validate()
     _check_mel(engine, mel, options)
     content_frames = mel.shape[1] - MEL_PADDING_FRAMES
-    rng = np.random.default_rng(options.seed)
-    history = _PromptHistory(tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else [])
+    state = _RecordingState(
+        duration=content_frames / FRAMES_PER_SECOND,
+        rng=np.random.default_rng(options.seed),
+        tokens=tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else [],
+    )
     language = _fixed_language(tokenizer, options)
     seek = 0
     while seek < content_frames:
         audio_frames = min(options.window_frames, content_frames - seek)
-        audio = engine.encode(_window_mel(mel, seek, audio_frames, options.window_frames))
-        if language is None:
-            language = detect_language(engine, tokenizer, audio)[0][0]
-        result = decode_with_fallback(
-            engine, tokenizer, audio, replace(options, language=language), history.prompt(), rng, audio_frames
-        )
+        content = mel[:, seek : seek + audio_frames]
         start = seek / FRAMES_PER_SECOND
-        if result is not None and not _is_silence(result, options):
-            spans, consumed = split_segments(result.tokens, tokenizer.timestamp_begin, audio_frames)
-            segments = _segments(tokenizer, spans, result, start, content_frames / FRAMES_PER_SECOND)
-            history.extend(segments)
-            if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
-                history.reset()
-        else:
+        if _is_flat(content):
             segments, consumed = [], audio_frames
-            if result is None:  # a loop at every temperature: the prompt may be what keeps it looping
-                history.reset()
+        else:
+            audio = engine.encode(_window_mel(content, options.window_frames))
+            if language is None:
+                language = detect_language(engine, tokenizer, audio)[0][0]
+            segments, consumed = _transcribe_window(
+                engine, tokenizer, audio, replace(options, language=language), state, start, audio_frames
+            )
         seek += consumed
-        yield WindowResult(start, min(seek, content_frames) / FRAMES_PER_SECOND, language, segments)
+        yield WindowResult(start, min(seek, content_frames) / FRAMES_PER_SECOND, language or "", segments)
+
+
+def _transcribe_window(
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    audio: AudioContext,
+    options: TranscribeOptions,
+    state: "_RecordingState",
+    start: float,
+    audio_frames: int,
+) -> tuple[list[Segment], int]:
+    """One encoded window's segments and the Mel frames it consumed; updates the prompt."""
+    result = decode_with_fallback(engine, tokenizer, audio, options, state.prompt(), state.rng, audio_frames)
+    if result is None:  # a loop at every temperature: the prompt may be what keeps it looping
+        state.reset_prompt()
+        return [], audio_frames
+    if _is_silence(result, options):
+        return [], audio_frames
+    spans, consumed = split_segments(result.tokens, tokenizer.timestamp_begin, audio_frames)
+    segments = _segments(tokenizer, spans, result, start, state.duration)
+    state.extend(segments)
+    if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
+        state.reset_prompt()
+    return segments, consumed
 
 
 def decode_with_fallback(
@@ -83,10 +106,13 @@ def decode_with_fallback(
     decoding = replace(options, sample_len=cap) if capped else options
     usable = []
     for temperature in options.temperatures:
-        result = decode_window(engine, tokenizer, audio, decoding, temperature=temperature, prompts=[prompt], rng=rng)[0]
+        (result,) = decode_window(
+            engine, tokenizer, audio, decoding, temperature=temperature, prompts=[prompt], rng=rng
+        )
         looping = _is_looping(result, tokenizer, options, capped)
         improbable = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
-        if _is_silence(result, options) or not (looping or improbable):
+        # Silence and wordless output ("...", a lone "-") are never retried: they become no text.
+        if _is_silence(result, options) or not has_words(result.text) or not (looping or improbable):
             return result
         if not looping:
             usable.append(result)
@@ -97,10 +123,13 @@ def decode_with_fallback(
 
 def _is_looping(result: DecodingResult, tokenizer: WhisperTokenizer, options: TranscribeOptions, capped: bool) -> bool:
     """Repetitive by compression ratio, by a repeated n-gram, or cut off at the token-rate cap."""
-    if options.compression_ratio_threshold is not None and result.compression_ratio > options.compression_ratio_threshold:
+    threshold = options.compression_ratio_threshold
+    if threshold is not None and result.compression_ratio > threshold:
+        return True
+    if capped and not result.finished:
         return True
     text_tokens = [t for t in result.tokens if t < tokenizer.eot]
-    return is_looping(text_tokens, options.loop_min_repeats, options.loop_min_tokens) or (capped and not result.finished)
+    return is_looping(text_tokens, options.loop_min_repeats, options.loop_min_tokens)
 
 
 def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
@@ -111,16 +140,21 @@ def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
     return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
 
 
+def has_words(text: str) -> bool:
+    """Whether the text holds a letter or a digit: on noise Whisper writes runs of bare punctuation."""
+    return any(char.isalnum() for char in text)
+
+
 def _segments(
-    tokenizer: WhisperTokenizer, spans, result: DecodingResult, window_start: float, duration: float
+    tokenizer: WhisperTokenizer, spans: list[SegmentSpan], result: DecodingResult, window_start: float, duration: float
 ) -> list[Segment]:
-    """Segments with text, in absolute time. Text placed in the zero padding after the end of the
+    """Segments with words, in absolute time. Text placed in the zero padding after the end of the
     audio cannot have been spoken, so it is dropped, and ends are clipped to the audio."""
     segments = []
     for span in spans:
         start, end = window_start + span.start, min(window_start + span.end, duration)
         text = tokenizer.decode(span.tokens)
-        if start >= end or not text.strip():
+        if start >= end or not has_words(text):
             continue
         segments.append(
             Segment(
@@ -138,9 +172,12 @@ def _segments(
 
 
 @dataclass
-class _PromptHistory:
-    """Tokens of the text so far; the prompt is what came after the last reset."""
+class _RecordingState:
+    """What carries over from window to window: the text so far, of which the prompt is the part
+    after the last reset, and the sampling generator."""
 
+    duration: float  # seconds of audio in the recording
+    rng: np.random.Generator
     tokens: list[int]
     reset_at: int = field(default=0)
 
@@ -151,33 +188,41 @@ class _PromptHistory:
         for segment in segments:
             self.tokens.extend(segment.tokens)
 
-    def reset(self) -> None:
+    def reset_prompt(self) -> None:
         self.reset_at = len(self.tokens)
 
 
 def _fixed_language(tokenizer: WhisperTokenizer, options: TranscribeOptions) -> str | None:
     """The language every window uses, or None when it must be detected on the first window."""
     if not tokenizer.multilingual:
+        tokenizer.sot_sequence(options.language, options.task)  # refuses other languages and translation
         return "en"
     return language_code(options.language) if options.language is not None else None
 
 
-def _window_mel(mel: np.ndarray, seek: int, frames: int, window_frames: int) -> np.ndarray:
-    """float32 [1, n_mels, window_frames]: ``frames`` of content from ``seek``, zeros after (as openai's pad_or_trim)."""
-    window = np.zeros((1, mel.shape[0], window_frames), dtype=np.float32)
-    window[0, :, :frames] = mel[:, seek : seek + frames]
+def _window_mel(content: np.ndarray, window_frames: int) -> np.ndarray:
+    """float32 [1, n_mels, window_frames]: the content, then zeros (as openai's pad_or_trim)."""
+    window = np.zeros((1, content.shape[0], window_frames), dtype=np.float32)
+    window[0, :, : content.shape[1]] = content
     return window
+
+
+def _is_flat(content: np.ndarray) -> bool:
+    """No signal at all: digital silence, or audio 80 dB below the recording's peak, which the Mel
+    frontend clamps to one floor value. Whisper invents text ("you") for such windows."""
+    return float(content.max() - content.min()) < FLAT_MEL_RANGE
 
 
 def _check_mel(engine: Engine, mel: np.ndarray, options: TranscribeOptions) -> None:
     dims = engine.dims
     if mel.ndim != 2 or mel.shape[0] != dims.n_mels:
-        raise EdgeAsrError(f"The Mel spectrogram must be [{dims.n_mels}, frames] for this model, not {list(mel.shape)}.")
+        raise EdgeAsrError(f"The Mel spectrogram must be [{dims.n_mels}, frames] not {list(mel.shape)}.")
     if mel.shape[1] < MEL_PADDING_FRAMES:
         raise EdgeAsrError(
-            f"The Mel spectrogram has {mel.shape[1]} frames; it must end with the {MEL_PADDING_FRAMES} frames of 30 s of padding."
+            f"The Mel spectrogram has {mel.shape[1]} frames; "
+            f"it must end with the {MEL_PADDING_FRAMES} frames of 30 s of padding."
         )
     if options.window_frames > 2 * dims.n_audio_ctx:
         raise EdgeAsrError(
-            f"window_frames {options.window_frames} exceeds this model's audio context of {2 * dims.n_audio_ctx} frames."
+            f"window_frames {options.window_frames} exceeds the model's audio context of {2 * dims.n_audio_ctx} frames."
         )
