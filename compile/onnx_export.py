@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from edge_asr.models.whisper_torch import WhisperModel
 
-OPSET = 17  # LayerNormalization is native from 17; onnxruntime and TensorRT 8.6+ both run it.
+OPSET = 17  # the first opset with a native LayerNormalization op (one node instead of a chain).
 
 
 class _EncoderGraph(nn.Module):
@@ -33,14 +33,8 @@ def export_encoder(model: WhisperModel, path: Path) -> Path:
     """Write the encoder graph: mel -> every decoder layer's cross-attention keys and values."""
     mel = torch.zeros(1, model.dims.n_mels, 2 * model.dims.n_audio_ctx)
     cross = {1: "batch", 3: "audio_ctx"}
-    _export(
-        _EncoderGraph(model),
-        (mel,),
-        path,
-        {"mel": {0: "batch", 2: "frames"}},
-        {"cross_k": cross, "cross_v": cross},
-    )
-    return path
+    outputs = {"cross_k": cross, "cross_v": cross}
+    return _export(_EncoderGraph(model), (mel,), path, {"mel": {0: "batch", 2: "frames"}}, outputs)
 
 
 def export_decoder(model: WhisperModel, path: Path) -> Path:
@@ -59,28 +53,27 @@ def export_decoder(model: WhisperModel, path: Path) -> Path:
         cross,
         torch.zeros(batch, 1, dtype=torch.int64),
     )
-    rows = {0: "batch"}
-    new = {1: "batch", 2: "n_tokens"}
+    cache_axes, audio_axes, new_axes = {1: "batch"}, {1: "batch", 3: "audio_ctx"}, {1: "batch", 2: "n_tokens"}
     inputs = {
         "tokens": {0: "batch", 1: "n_tokens"},
-        "offsets": rows,
-        "self_k": {1: "batch"},
-        "self_v": {1: "batch"},
-        "cross_k": {1: "batch", 3: "audio_ctx"},
-        "cross_v": {1: "batch", 3: "audio_ctx"},
+        "offsets": {0: "batch"},
+        "self_k": cache_axes,
+        "self_v": cache_axes,
+        "cross_k": audio_axes,
+        "cross_v": audio_axes,
         "select": {0: "batch", 1: "k"},
     }
-    outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new, "new_v": new}
-    _export(model.decoder, args, path, inputs, outputs)
-    return path
+    outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new_axes, "new_v": new_axes}
+    return _export(model.decoder, args, path, inputs, outputs)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> None:
+def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> Path:
+    """Trace ``module`` (in eval mode, without gradients) into ``path``, with the named dynamic axes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            module.eval(),
+            module,
             args,
             str(path),
             input_names=list(inputs),
@@ -89,3 +82,4 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: d
             opset_version=OPSET,
             dynamo=False,
         )
+    return path

@@ -91,7 +91,7 @@ class AudioEncoder(nn.Module):
         """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
-        # Shorter windows than 30 s take the first positions, so encoding a short utterance is cheap.
+        # A window shorter than 30 s takes the first positions: encoding just the utterance is cheaper.
         x = x + self.positional_embedding[: x.shape[1]]
         for block in self.blocks:
             x = block(x)[0]
@@ -133,8 +133,8 @@ class TextDecoder(nn.Module):
         """One cached pass, as the engine interface defines it.
 
         tokens [B, N] int64, offsets [B] int64, self_k/self_v [L, B, C, D] (C cache slots),
-        cross_k/cross_v [L, B, H, T, dh] (from :meth:`cross_kv`), select [B, K] int64 -> logits [B, K, n_vocab] and the new
-        tokens' keys/values [L, B, N, D].
+        cross_k/cross_v [L, B, H, T, dh] (from :meth:`cross_kv`), select [B, K] int64
+        -> logits [B, K, n_vocab] and the new tokens' keys/values [L, B, N, D].
         """
         positions = offsets[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.positional_embedding[positions]

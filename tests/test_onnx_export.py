@@ -4,7 +4,6 @@ The decoder graph runs with a cache kept the way a runtime keeps it (new keys/va
 row's offset), so agreement with ``WhisperModel.logits`` checks the cache semantics as well as the
 export. Runs on a small random-weight model and, when installed, on the real tiny.en.
 """
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +15,15 @@ import torch
 from edge_asr.compile.onnx_export import export_decoder, export_encoder
 from edge_asr.compile.quantize import quantize_int8
 from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
+from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
 
 SMALL = ModelDims(
     n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
     n_vocab=300, n_text_ctx=24, n_text_state=64, n_text_head=4, n_text_layer=2,
 )
 FP32_TOLERANCE = 1e-3  # max abs difference, fp32 graph against fp32 PyTorch
-JFK = Path(__file__).parent / "data" / "jfk.wav"
 # tiny.en's greedy transcript of the JFK clip after <|startoftranscript|><|notimestamps|>.
 JFK_TOKENS = [50257, 50362, 843, 523, 616, 5891, 3399, 1265, 407, 644, 534, 1499, 460, 466, 329, 345, 11,
               1265, 644, 345, 460, 466, 329, 534, 1499, 13]
@@ -156,7 +156,7 @@ def test_rows_at_different_offsets_share_a_step(exported):
     assert np.abs(logits[1] - want[1, [2, 3]]).max() < FP32_TOLERANCE
 
 
-def _int8_probe(exported: Exported) -> tuple[np.ndarray, np.ndarray]:
+def _int8_probe(exported: Exported, jfk_wav: Path) -> tuple[np.ndarray, np.ndarray]:
     """Inputs whose best tokens mean something: for tiny.en the JFK clip and its transcript.
 
     (On random features and random tokens tiny.en's logits are nearly flat and int8 flips ~40% of the
@@ -164,20 +164,17 @@ def _int8_probe(exported: Exported) -> tuple[np.ndarray, np.ndarray]:
     """
     if exported.name == "small":
         return _mel(exported, batch=2), _tokens(exported, batch=2, n=16)
-    features = pytest.importorskip("faster_whisper.feature_extractor", reason="real features come from faster-whisper")
-    with wave.open(str(JFK)) as clip:
-        audio = np.frombuffer(clip.readframes(clip.getnframes()), np.int16).astype(np.float32) / 32768
-    mel = features.FeatureExtractor(80)(audio, padding=480000)[None, :, :3000]
+    mel = LogMelFrontend(80)(load_audio(jfk_wav), padding=N_SAMPLES)[None, :, :N_FRAMES]
     return np.ascontiguousarray(mel, dtype=np.float32), np.array([JFK_TOKENS])
 
 
 def _prompt_logits(exported: Exported, encoder, decoder, mel: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     batch, n = tokens.shape
-    cross = encoder.run(None, {"mel": mel})
-    return Cache(exported.model.dims, batch).decode(decoder, cross, tokens, [0] * batch, np.tile(np.arange(n), (batch, 1)))
+    cross, select = encoder.run(None, {"mel": mel}), np.tile(np.arange(n), (batch, 1))
+    return Cache(exported.model.dims, batch).decode(decoder, cross, tokens, [0] * batch, select)
 
 
-def test_int8_graphs_agree_with_fp32_on_the_best_token(exported):
+def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
     """Quantization perturbs logits by design, so only the argmax is compared.
 
     At least 90% of positions must agree: a broken int8 graph (wrong scales, a wrong weight) agrees
@@ -187,7 +184,7 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported):
     folder = exported.folder
     encoder = _session(quantize_int8(folder / "encoder.onnx", folder / "encoder.int8.onnx"))
     decoder = _session(quantize_int8(folder / "decoder.onnx", folder / "decoder.int8.onnx"))
-    mel, tokens = _int8_probe(exported)
+    mel, tokens = _int8_probe(exported, jfk_wav)
     fp32 = _prompt_logits(exported, exported.encoder, exported.decoder, mel, tokens)
     int8 = _prompt_logits(exported, encoder, decoder, mel, tokens)
     agreement = np.mean(fp32.argmax(-1) == int8.argmax(-1))
