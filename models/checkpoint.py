@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.errors import ModelSourceError
 
 
 @dataclass
@@ -46,3 +48,22 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     inv_timescales = np.exp(-log_increment * np.arange(channels // 2))
     scaled = np.arange(length)[:, None] * inv_timescales[None, :]
     return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+def read_json(path: Path, required: bool = True) -> dict:
+    """A checkpoint's JSON side file; a missing optional one reads as {}."""
+    if not path.is_file():
+        if not required:
+            return {}
+        raise ModelSourceError(f"{path} is missing.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelSourceError(f"{path} is not valid JSON.") from None
+
+
+def tokenizer_beside(path: Path, weights: str) -> Path:
+    tokenizer = path / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelSourceError(f"{path} has no tokenizer.json beside its {weights}.")
+    return tokenizer

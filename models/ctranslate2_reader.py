@@ -6,14 +6,13 @@ name pairs. Strings are a u16 length (including a trailing NUL) and the bytes.
 """
 from __future__ import annotations
 
-import json
 import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from edge_asr.models.checkpoint import Checkpoint, sha256_of
+from edge_asr.models.checkpoint import Checkpoint, read_json, sha256_of, tokenizer_beside
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
 
@@ -174,10 +173,8 @@ def read_ctranslate2(path: Path, name: str | None = None, parts: list[Path] | No
         dims = dims_of(variables, tensors)
     except KeyError as missing:
         raise ModelSourceError(f"{files[0]} lacks the Whisper tensor {missing}.") from None
-    config = _read_json(path / "config.json")
-    tokenizer = path / "tokenizer.json"
-    if not tokenizer.is_file():
-        raise ModelSourceError(f"{path} has no tokenizer.json beside its model.bin.")
+    config = read_json(path / "config.json", required=False)
+    tokenizer = tokenizer_beside(path, "model.bin")
     return Checkpoint(
         name=name or path.name,
         dims=dims,
@@ -189,11 +186,3 @@ def read_ctranslate2(path: Path, name: str | None = None, parts: list[Path] | No
         alignment_heads=config.get("alignment_heads", []),
     )
 
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelSourceError(f"{path} is not valid JSON.") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asr.models.checkpoint import Checkpoint, sha256_of, sinusoids
+from edge_asr.models.checkpoint import Checkpoint, read_json, sha256_of, sinusoids, tokenizer_beside
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
 
@@ -67,7 +67,7 @@ def weight_files(path: Path) -> list[Path]:
     """model.safetensors, or the shards its index names, in order."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        return [path / name for name in sorted(set(_read_json(index).get("weight_map", {}).values()))]
+        return [path / name for name in sorted(set(read_json(index).get("weight_map", {}).values()))]
     single = path / "model.safetensors"
     if not single.is_file():
         raise ModelSourceError(f"{path} holds neither model.safetensors nor model.safetensors.index.json.")
@@ -134,7 +134,7 @@ def dims_of(config: dict, origin: str) -> ModelDims:
 def read_huggingface(path: Path, name: str | None = None) -> Checkpoint:
     """A Hugging Face Whisper directory (config.json, safetensors, tokenizer.json) as a Checkpoint."""
     path = Path(path)
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     dims = dims_of(config, str(path / "config.json"))
     files = weight_files(path)
     origin = str(files[0]) if len(files) == 1 else f"{path} ({len(files)} shards)"
@@ -144,11 +144,9 @@ def read_huggingface(path: Path, name: str | None = None) -> Checkpoint:
     if embedding is None or embedding.shape != (dims.n_vocab, dims.n_text_state):
         raise ModelSourceError(f"{origin} has no token embedding of shape ({dims.n_vocab}, {dims.n_text_state}) "
                                "as its config.json states.")
-    tokenizer = path / "tokenizer.json"
-    if not tokenizer.is_file():
-        raise ModelSourceError(f"{path} has no tokenizer.json beside its config.json.")
+    tokenizer = tokenizer_beside(path, "config.json")
     # Newer transformers versions keep generation settings in generation_config.json.
-    generation = {**config, **_read_json(path / "generation_config.json", required=False)}
+    generation = {**config, **read_json(path / "generation_config.json", required=False)}
     return Checkpoint(
         name=name or path.name,
         dims=dims,
@@ -160,13 +158,3 @@ def read_huggingface(path: Path, name: str | None = None) -> Checkpoint:
         alignment_heads=generation.get("alignment_heads") or [],
     )
 
-
-def _read_json(path: Path, required: bool = True) -> dict:
-    if not path.is_file():
-        if not required:
-            return {}
-        raise ModelSourceError(f"{path} is missing.")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelSourceError(f"{path} is not valid JSON.") from None
