@@ -100,3 +100,20 @@ def test_developer_clips_wer_is_within_half_a_point_of_faster_whisper(tiny_bundl
     our_wer = corpus_wer([(c.reference, t) for c, t in zip(clips, our_texts)])
     peer_wer = corpus_wer([(c.reference, t) for c, t in zip(clips, peer_texts)])
     assert our_wer <= peer_wer + 0.5, (our_wer, peer_wer, our_texts, peer_texts)
+
+
+def test_the_runtime_transcribes_without_importing_torch_or_the_compile_stage(tiny_bundle, jfk_wav):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from edge_asr.runtime.transcriber import Transcriber\n"
+        f"print(Transcriber({str(tiny_bundle)!r}, threads=1).transcribe({str(jfk_wav)!r}).text)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') or m.startswith('edge_asr.compile'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    text, heavy = out.stdout.strip().splitlines()
+    assert normalise(text) == normalise(JFK_TEXT)
+    assert heavy == "[]"
