@@ -2,9 +2,13 @@
 cached decoder pass with the engine interface's semantics (see edge_asr.runtime.engines.base).
 
 encoder.onnx: mel [B, n_mels, frames] -> cross_k, cross_v [L, B, H, frames/2, dh]
-decoder.onnx: tokens [B, N], offsets [B], self_k, self_v [L, B, n_text_ctx, D], cross_k, cross_v,
-              select [B, k] -> logits [B, k, n_vocab], new_k, new_v [L, B, N, D]
+decoder.onnx: tokens [B, N], offsets [B], per layer l: self_k_l, self_v_l [B, n_text_ctx, D] and
+              cross_k_l, cross_v_l [B, H, frames/2, dh]; select [B, k]
+              -> logits [B, k, n_vocab], new_k, new_v [L, B, N, D]
 (L decoder layers, H heads of dh = D / H; the cross K/V come split into heads, as the decoder uses them.)
+The decoder takes its caches one input per layer: as stacked inputs, every step sliced them apart
+with copies (23 MB a step at batch 5 for tiny.en), while per-layer inputs are views of the
+runtime's stacked arrays.
 """
 from __future__ import annotations
 
@@ -37,34 +41,45 @@ def export_encoder(model: WhisperModel, path: Path) -> Path:
     return _export(_EncoderGraph(model), (mel,), path, {"mel": {0: "batch", 2: "frames"}}, outputs)
 
 
+class _DecoderGraph(nn.Module):
+    """The cached decoder pass with one input per layer for each of the four caches."""
+
+    def __init__(self, model: WhisperModel):
+        super().__init__()
+        self.decoder, self.layers = model.decoder, model.dims.n_text_layer
+
+    def forward(self, tokens: Tensor, offsets: Tensor, *caches_and_select: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        *caches, select = caches_and_select
+        per_layer = [caches[i * self.layers : (i + 1) * self.layers] for i in range(4)]
+        return self.decoder(tokens, offsets, *per_layer, select)
+
+
+def _cache_names(layers: int) -> list[str]:
+    return [f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(layers)]
+
+
 def export_decoder(model: WhisperModel, path: Path) -> Path:
     """Write the decoder graph: one cached pass for a batch of token rows, each at its own offset."""
     dims = model.dims
     batch, n_tokens, audio_ctx = 2, 3, 16
-    cache = torch.zeros(dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state)
     head_dim = dims.n_text_state // dims.n_text_head
-    cross = torch.zeros(dims.n_text_layer, batch, dims.n_text_head, audio_ctx, head_dim)
+    cache = torch.zeros(batch, dims.n_text_ctx, dims.n_text_state)
+    cross = torch.zeros(batch, dims.n_text_head, audio_ctx, head_dim)
+    layers = dims.n_text_layer
     args = (
         torch.zeros(batch, n_tokens, dtype=torch.int64),
         torch.tensor([0, 5]),
-        cache,
-        cache,
-        cross,
-        cross,
+        *[cache] * (2 * layers),
+        *[cross] * (2 * layers),
         torch.zeros(batch, 1, dtype=torch.int64),
     )
-    cache_axes, audio_axes, new_axes = {1: "batch"}, {1: "batch", 3: "audio_ctx"}, {1: "batch", 2: "n_tokens"}
-    inputs = {
-        "tokens": {0: "batch", 1: "n_tokens"},
-        "offsets": {0: "batch"},
-        "self_k": cache_axes,
-        "self_v": cache_axes,
-        "cross_k": audio_axes,
-        "cross_v": audio_axes,
-        "select": {0: "batch", 1: "k"},
-    }
+    names = _cache_names(layers)
+    inputs = {"tokens": {0: "batch", 1: "n_tokens"}, "offsets": {0: "batch"}}
+    inputs |= {name: {0: "batch"} if name.startswith("self") else {0: "batch", 2: "audio_ctx"} for name in names}
+    inputs["select"] = {0: "batch", 1: "k"}
+    new_axes = {1: "batch", 2: "n_tokens"}
     outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new_axes, "new_v": new_axes}
-    return _export(model.decoder, args, path, inputs, outputs)
+    return _export(_DecoderGraph(model), args, path, inputs, outputs)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> Path:

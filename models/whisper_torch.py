@@ -135,10 +135,11 @@ class TextDecoder(nn.Module):
         tokens [B, N] int64, offsets [B] int64, self_k/self_v [L, B, C, D] (C cache slots),
         cross_k/cross_v [L, B, H, T, dh] (from :meth:`cross_kv`), select [B, K] int64
         -> logits [B, K, n_vocab] and the new tokens' keys/values [L, B, N, D].
+        The four caches may also be sequences of L per-layer tensors (the exported graph's inputs).
         """
         positions = offsets[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.positional_embedding[positions]
-        mask = cached_mask(offsets, self_k.shape[2], tokens.shape[1])
+        mask = cached_mask(offsets, self_k[0].shape[-2], tokens.shape[1])
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, mask, (self_k[i], self_v[i]), (cross_k[i], cross_v[i]))

@@ -86,6 +86,15 @@ def _reference(exported: Exported, mel: np.ndarray, tokens: np.ndarray) -> np.nd
         return exported.model.logits(torch.from_numpy(mel), torch.from_numpy(tokens)).numpy()
 
 
+def decoder_feeds(tokens, offsets, self_k, self_v, cross_k, cross_v, select) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs from stacked [n_text_layer, ...] caches: one input per layer."""
+    feeds = {"tokens": np.asarray(tokens, np.int64), "offsets": np.asarray(offsets, np.int64),
+             "select": np.asarray(select, np.int64)}
+    for name, stacked in (("self_k", self_k), ("self_v", self_v), ("cross_k", cross_k), ("cross_v", cross_v)):
+        feeds |= {f"{name}_{layer}": stacked[layer] for layer in range(len(stacked))}
+    return feeds
+
+
 class Cache:
     """A static self-attention cache kept as the runtime keeps it."""
 
@@ -95,11 +104,7 @@ class Cache:
 
     def decode(self, session, cross, tokens, offsets, select, rows=slice(None)) -> np.ndarray:
         """One decoder pass for the cache rows ``rows``; writes the new keys/values at the offsets."""
-        feeds = {
-            "tokens": tokens, "offsets": np.asarray(offsets, np.int64),
-            "self_k": self.k[:, rows], "self_v": self.v[:, rows],
-            "cross_k": cross[0][:, rows], "cross_v": cross[1][:, rows], "select": np.asarray(select, np.int64),
-        }
+        feeds = decoder_feeds(tokens, offsets, self.k[:, rows], self.v[:, rows], cross[0][:, rows], cross[1][:, rows], select)
         logits, new_k, new_v = session.run(None, feeds)
         for i, (row, offset) in enumerate(zip(range(self.k.shape[1])[rows], offsets)):
             self.k[:, row, offset : offset + tokens.shape[1]] = new_k[:, i]
