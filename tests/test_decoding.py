@@ -72,9 +72,13 @@ class FakeCache:
     def batch(self) -> int:
         return len(self.tokens)
 
-    def take(self, rows):
+    def take(self, rows, filled=None):
+        """Like a real cache, copies only the first ``filled`` slots: a prefix too short shows in the logits."""
         self.takes.append(np.asarray(rows).tolist())
-        return FakeCache(self.tokens[np.asarray(rows)].copy(), self.takes)
+        assert filled is None or (self.tokens[:, filled:] == -1).all(), "take() would drop written slots"
+        tokens = np.full_like(self.tokens[np.asarray(rows)], -1)
+        tokens[:, :filled] = self.tokens[np.asarray(rows), :filled]
+        return FakeCache(tokens, self.takes)
 
 
 class FakeEngine:

@@ -117,3 +117,9 @@ def test_the_runtime_transcribes_without_importing_torch_or_the_compile_stage(ti
     text, heavy = out.stdout.strip().splitlines()
     assert normalise(text) == normalise(JFK_TEXT)
     assert heavy == "[]"
+
+
+def test_beam_search_transcribes_jfk_word_for_word(tiny_bundle, jfk_wav):
+    out = run_cli("transcribe", "--bundle", tiny_bundle, "--beam", "5", "--no-progress", jfk_wav)
+    assert out.returncode == 0, out.stderr
+    assert normalise(out.stdout) == normalise(JFK_TEXT)

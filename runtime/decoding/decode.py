@@ -154,7 +154,7 @@ def _search(
         # Beams move only within their window's group, whose rows share the audio and the offsets,
         # so only the cache needs reordering.
         if not np.array_equal(source_rows, np.arange(n_rows)):
-            cache = cache.take(source_rows)
+            cache = cache.take(source_rows, filled=int(offsets.max()) + step)
         logits = np.array(engine.decode(sampled[:, -1:], offsets + step, cache, audio, select)[:, 0], dtype=np.float32)
     return sampled, sum_logprobs
 

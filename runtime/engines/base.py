@@ -14,7 +14,9 @@ An engine runs two graphs of a bundle:
 
 Rows carry their own positions, so rows from different utterances can share a step. Both the cache
 and the audio context are opaque to callers except for ``take(rows)``, which gathers rows (beam
-search reorders with it, and repeats one window's context for several beams).
+search reorders with it, and repeats one window's context for several beams). A cache's
+``take(rows, filled)`` may copy only the first ``filled`` slots: the slots past a row's offset are
+never attended to.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class AudioContext(Protocol):
 class KVCache(Protocol):
     batch: int
 
-    def take(self, rows: np.ndarray) -> "KVCache": ...
+    def take(self, rows: np.ndarray, filled: int | None = None) -> "KVCache": ...
 
 
 class Engine(Protocol):
