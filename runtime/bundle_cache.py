@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from edge_asr.runtime.bundle import FORMAT_VERSION
-from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 
 DEFAULT_MODEL = "tiny.en"
 DEFAULT_PRECISION = "int8"
@@ -43,7 +43,11 @@ def require_compile_tools(what: str) -> None:
 
 def cached_bundle(model: str, precision: str, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     """The cached bundle for a model, compiled now if it is not there yet (needs the compile extra)."""
-    key = _source_key(model)
+    try:
+        key = _source_key(model)
+    except ModelSourceError:
+        require_compile_tools(f"compiling {model}")  # that extra brings the zoo's weight packages too
+        raise
     safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(model).name)
     path = cache_root() / "bundles" / f"{safe_name}-{precision}-{key}"
     if (path / "manifest.json").is_file():
