@@ -1,0 +1,41 @@
+"""The onnxruntime engine under decoding paths with several rows: sampling groups and window batches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_asr.benchmarks.dev_clips import JFK_TEXT
+from edge_asr.benchmarks.wer import normalise
+from edge_asr.runtime.audio import load_audio
+from edge_asr.runtime.decoding.decode import decode_window
+from edge_asr.runtime.decoding.options import DecodingOptions
+from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES
+from edge_asr.runtime.transcriber import Transcriber
+
+
+@pytest.fixture(scope="module")
+def transcriber(tiny_bundle):
+    return Transcriber(tiny_bundle, threads=2)
+
+
+@pytest.fixture(scope="module")
+def jfk_mel(transcriber, jfk_wav):
+    return transcriber.frontend(load_audio(jfk_wav), padding=N_SAMPLES)[:, :N_FRAMES]
+
+
+def test_near_zero_temperature_sampling_of_five_rows_equals_greedy(transcriber, jfk_wav):
+    """best_of=5 decodes five rows sharing one cache: each row must see its own sampled tokens."""
+    greedy = transcriber.transcribe(jfk_wav).text
+    sampled = transcriber.transcribe(jfk_wav, transcriber.options(temperatures=(1e-3,), best_of=5)).text
+    assert normalise(greedy) == normalise(JFK_TEXT)
+    assert sampled == greedy
+
+
+def test_a_batch_of_windows_decodes_like_each_window_alone(transcriber, jfk_mel, librivox_dir):
+    audio = load_audio(next(librivox_dir.glob("*0930.wav")))
+    other = transcriber.frontend(audio, padding=N_SAMPLES)[:, :N_FRAMES]
+    engine, tokenizer, options = transcriber.engine, transcriber.tokenizer, DecodingOptions(language="en")
+    alone = [decode_window(engine, tokenizer, engine.encode(m[None]), options)[0].text for m in (jfk_mel, other)]
+    together = decode_window(engine, tokenizer, engine.encode(np.stack([jfk_mel, other])), options)
+    assert [r.text for r in together] == alone
+    assert normalise(alone[1]) == "he might even have been made amiable himself"
