@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
-from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 
 PRECISIONS = ("fp32", "int8")
@@ -31,9 +31,14 @@ def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(
     from edge_asr.models.zoo import resolve_model
 
     out = Path(out)
+    _check_replaceable(out)
     log(f"reading {model}")
     checkpoint = resolve_model(model)
-    torch_model = from_checkpoint(checkpoint)
+    try:
+        torch_model = from_checkpoint(checkpoint)
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
+        raise ModelSourceError(f"{checkpoint.source} does not hold a complete Whisper model: "
+                               f"{str(err).splitlines()[1].strip()}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         work = Path(tmp)
@@ -54,6 +59,23 @@ def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(
         staged.rename(out)
     log(f"wrote bundle {out}")
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Writing over a directory is fine only when it is empty or an earlier bundle."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgeAsrError(f"{out} is a file; give compile an output directory.")
+    if any(out.iterdir()) and not _is_bundle(out):
+        raise EdgeAsrError(f"{out} already holds files that are not an edge-asr bundle; choose another directory.")
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:

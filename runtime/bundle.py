@@ -18,6 +18,7 @@ from edge_asr.runtime.errors import BundleError
 FORMAT = "edge-asr-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+ROLES = ("encoder", "decoder", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,7 @@ class Target:
 
     name: str
     backend: str
-    python_module: str
-    extra: str
+    python_module: str  # the backend's package, without which no engine can run the bundle
     machines: tuple[str, ...] = ()
 
     def refusal(self) -> str | None:
@@ -35,17 +35,17 @@ class Target:
         if self.machines and platform.machine() not in self.machines:
             return f"it was compiled for {self.name} ({'/'.join(self.machines)}), and this machine is {platform.machine()}"
         if importlib.util.find_spec(self.python_module) is None:
-            return f"it needs the {self.backend} backend: pip install 'edge-asr[{self.extra}]'"
+            return f"it needs the {self.backend} backend (Python package {self.python_module}), which is not installed"
         return None
 
 
 TARGETS = {
     t.name: t
     for t in (
-        Target("cpu", "onnxruntime", "onnxruntime", "runtime"),
-        Target("rpi4", "tvm", "tvm", "tvm", ("aarch64", "arm64")),
-        Target("jetson-orin", "tensorrt", "tensorrt", "tensorrt", ("aarch64",)),
-        Target("jetson-xavier", "tensorrt", "tensorrt", "tensorrt", ("aarch64",)),
+        Target("cpu", "onnxruntime", "onnxruntime"),
+        Target("rpi4", "tvm", "tvm", ("aarch64", "arm64")),
+        Target("jetson-orin", "tensorrt", "tensorrt", ("aarch64",)),
+        Target("jetson-xavier", "tensorrt", "tensorrt", ("aarch64",)),
     )
 }
 
@@ -96,6 +96,9 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
             f"bundle {path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
             f"this edge-asr reads {FORMAT!r} version {FORMAT_VERSION}: recompile it with `edge-asr compile`."
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"bundle {path} has a broken {MANIFEST} ({problem}): recompile it with `edge-asr compile`.")
     target = TARGETS.get(manifest.get("target"))
     if target is None:
         raise BundleError(f"bundle {path} is for target {manifest.get('target')!r}, which this edge-asr does not know.")
@@ -120,6 +123,24 @@ def _read_manifest(path: Path) -> dict:
         raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}.") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"bundle {path} has a {MANIFEST} that is not valid JSON.") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise BundleError(f"bundle {path} has a {MANIFEST} without a files table.")
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {path} has a {MANIFEST} that is not a JSON object.")
     return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is structurally wrong with a manifest, or None; checked before any file is opened."""
+    try:
+        ModelDims.from_dict(manifest["model"]["dims"])
+    except (KeyError, TypeError, ValueError):
+        return "no complete model dimensions"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(role in files for role in ROLES):
+        return f"its files table must name {', '.join(ROLES)}"
+    for role, entry in files.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"no sha256 for {role}"
+        relative = Path(str(entry.get("path", "")))
+        if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+            return f"the {role} path must lie inside the bundle"
+    return None

@@ -87,3 +87,36 @@ def test_truncated_model_bin(tmp_path, model_cache, jfk_wav):
     message = _one_sentence(out.stderr)
     assert "truncated" in message and "model.bin" in message
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("breakage", ["no model", "no sha256", "files not a table", "no decoder", "path outside"])
+def test_broken_manifest_is_one_sentence(tiny_bundle, tmp_path, jfk_wav, breakage):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    if breakage == "no model":
+        del manifest["model"]
+    elif breakage == "no sha256":
+        del manifest["files"]["encoder"]["sha256"]
+    elif breakage == "files not a table":
+        manifest["files"] = "encoder.onnx"
+    elif breakage == "no decoder":
+        del manifest["files"]["decoder"]
+    else:
+        manifest["files"]["tokenizer"]["path"] = "/etc/passwd"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    out = run_cli("transcribe", "--bundle", broken, jfk_wav)
+    assert out.returncode == 1
+    assert "broken manifest.json" in _one_sentence(out.stderr)
+
+
+def test_compile_never_overwrites_a_directory_that_is_not_a_bundle(tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "important.txt").write_text("keep me")
+    out = run_cli("compile", "--model", "tiny.en", "-o", keep)
+    assert out.returncode == 1
+    assert "not an edge-asr bundle" in _one_sentence(out.stderr)
+    assert (keep / "important.txt").read_text() == "keep me"
+    out = run_cli("compile", "--model", "tiny.en", "-o", keep / "important.txt")
+    assert out.returncode == 1 and "is a file" in _one_sentence(out.stderr)
