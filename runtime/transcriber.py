@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.bundle import Bundle, load_bundle
+from edge_asr.runtime.errors import AudioError
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines import load_engine
@@ -46,7 +47,7 @@ class Transcriber:
         yield from transcribe(self.engine, self.tokenizer, mel, options)
 
     def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:
-        audio = load_audio(source) if not isinstance(source, np.ndarray) else source
+        audio = _samples(source) if isinstance(source, np.ndarray) else load_audio(source)
         options = options or self.options()
         name = str(source) if not isinstance(source, np.ndarray) else "<array>"
         transcript = Transcript(file=name, language=options.language or "", duration=len(audio) / SAMPLE_RATE)
@@ -54,3 +55,12 @@ class Transcriber:
             transcript.language = window.language
             transcript.segments.extend(window.segments)
         return transcript
+
+
+def _samples(array: np.ndarray) -> np.ndarray:
+    """An array given directly must already be what load_audio returns: mono float 16 kHz samples."""
+    if array.ndim != 1 or array.dtype.kind != "f":
+        raise AudioError(f"audio arrays must be 1-D float samples at {SAMPLE_RATE} Hz, not {array.dtype} {array.shape}.")
+    if not np.isfinite(array).all():
+        raise AudioError("the audio array holds NaN or infinite samples.")
+    return array.astype(np.float32, copy=False)

@@ -111,3 +111,12 @@ def test_missing_file_and_directory(tmp_path):
         with pytest.raises(AudioError, match="there is no such file") as caught:
             load_audio(path)
         assert f"'{path}'" in str(caught.value)
+
+
+def test_non_finite_samples_are_refused(tmp_path):
+    path = tmp_path / "nan.wav"
+    audio = np.zeros(16000, np.float32)
+    audio[100] = np.nan
+    sf.write(path, audio, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(path)

@@ -327,3 +327,14 @@ def test_tiny_en_round_trips_through_hf_and_openai_formats(tmp_path):
     pt = read_openai(write_openai(tmp_path / "tiny.en.pt", ct2.dims, ct2.tensors, dtype=np.float16))
     assert_same_tensors(pt.tensors, ct2.tensors)
     assert pt.tokenizer_json == ct2.tokenizer_json
+
+
+def test_an_int8_ctranslate2_model_is_refused_in_one_sentence():
+    from edge_asr.models.ctranslate2_reader import to_openai_names
+    from edge_asr.runtime.errors import ModelSourceError
+
+    variables = {"encoder/conv1/weight": np.zeros((4, 2, 3), np.float32),
+                 "encoder/layer_0/ffn/linear_0/weight": np.zeros((8, 4), np.int8),
+                 "encoder/layer_0/ffn/linear_0/weight_scale": np.ones(8, np.float32)}
+    with pytest.raises(ModelSourceError, match="int8-quantized weights"):
+        to_openai_names(variables, "model.bin")

@@ -120,3 +120,11 @@ def test_compile_never_overwrites_a_directory_that_is_not_a_bundle(tmp_path):
     assert (keep / "important.txt").read_text() == "keep me"
     out = run_cli("compile", "--model", "tiny.en", "-o", keep / "important.txt")
     assert out.returncode == 1 and "is a file" in _one_sentence(out.stderr)
+
+
+def test_unwritable_output_is_one_sentence(tiny_bundle, tmp_path, jfk_wav):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = run_cli("transcribe", "--bundle", tiny_bundle, "--output", blocker, jfk_wav)
+    assert out.returncode == 1
+    assert "cannot write" in _one_sentence(out.stderr)

@@ -390,7 +390,7 @@ def test_decoding_never_feeds_past_the_text_context(tok):
     options = DecodingOptions(loop_min_repeats=0)
     (result,) = decode_window(engine, tok, one_window(engine, tok), options, prompts=[prompt])
     assert engine.calls[0][0].shape == (1, 1 + 31 + 1)
-    assert not result.finished and len(result.tokens) == 64 - 33
+    assert not result.finished and len(result.tokens) == 64 - 33 + 1  # the last one is never fed back
 
 
 def test_no_speech_probability_is_read_at_sot(tok):

@@ -85,7 +85,9 @@ def decode_window(
         decoder = GreedyDecoder(temperature, tokenizer.eot, rng if rng is not None else np.random.default_rng(0))
     group_rows = np.repeat(np.arange(n_windows), n_group)
     offsets = np.array([len(row) for row in rows], dtype=np.int64)[group_rows]
-    sample_len = min(options.sample_len or engine.dims.n_text_ctx // 2, engine.dims.n_text_ctx - int(offsets.max()))
+    # The last sampled token is never fed back, so a row may sample one token past the context (as openai).
+    room = engine.dims.n_text_ctx - int(offsets.max()) + 1
+    sample_len = min(options.sample_len or engine.dims.n_text_ctx // 2, room)
     sampled, sum_logprobs = _search(
         engine,
         decoder,
