@@ -6,14 +6,13 @@ import json
 import shutil
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
-from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_of
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 
-PRECISIONS = ("fp32", "int8")
-VERSION = "0.1.0"
 SPECIAL_TOKENS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
                   "timestamp_begin")
 
@@ -95,7 +94,7 @@ def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "created_by": f"edge-asr {VERSION}",
+        "created_by": f"edge-asr {version('edge-asr')}",
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": checkpoint.name,
@@ -111,6 +110,6 @@ def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
         "precision": precision,
         "shapes": {"batch": "dynamic", "n_mels": dims.n_mels, "audio_frames_max": 2 * dims.n_audio_ctx,
                    "n_audio_ctx": dims.n_audio_ctx, "n_text_ctx": dims.n_text_ctx},
-        "files": {role: {"path": path.name, "sha256": sha256_file(path)} for role, path in files.items()},
+        "files": {role: {"path": path.name, "sha256": sha256_of([path])} for role, path in files.items()},
         "source": {"checkpoint": checkpoint.source, "sha256": checkpoint.source_sha256},
     }

@@ -1,7 +1,6 @@
 """The canonical checkpoint every reader produces: dimensions plus openai-whisper state-dict tensors."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +29,6 @@ class Checkpoint:
     source_sha256: str
     suppress_tokens: list[int] | None = None
     alignment_heads: list[list[int]] = field(default_factory=list)
-
-
-def sha256_of(paths: list[Path], chunk: int = 1 << 22) -> str:
-    """One digest over the bytes of several files in order (a model split into parts hashes as one)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_asr.models.checkpoint import Checkpoint, sha256_of, sinusoids
+from edge_asr.models.checkpoint import Checkpoint, sinusoids
+from edge_asr.runtime.bundle import sha256_of
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
 

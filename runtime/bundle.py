@@ -16,9 +16,10 @@ from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import BundleError
 
 FORMAT = "edge-asr-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder takes its caches one input per layer
 MANIFEST = "manifest.json"
 ROLES = ("encoder", "decoder", "tokenizer")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,6 @@ class Bundle:
         return TARGETS[self.manifest["target"]]
 
     @property
-    def precision(self) -> str:
-        return self.manifest["precision"]
-
-    @property
-    def model_name(self) -> str:
-        return self.manifest["model"]["name"]
-
-    @property
     def suppress_tokens(self) -> list[int] | None:
         return self.manifest["model"].get("suppress_tokens")
 
@@ -79,11 +72,13 @@ class Bundle:
         return self.path / self.manifest["files"][role]["path"]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_of(paths: list[Path], chunk: int = 1 << 22) -> str:
+    """One digest over the bytes of several files in order (a model split into parts hashes as one)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -109,7 +104,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         file = path / entry["path"]
         if not file.is_file():
             raise BundleError(f"bundle {path} is incomplete: its {role} file {entry['path']} is missing.")
-        if verify and sha256_file(file) != entry["sha256"]:
+        if verify and sha256_of([file]) != entry["sha256"]:
             raise BundleError(f"bundle {path} is damaged: {entry['path']} does not match its sha256 in the manifest.")
     return Bundle(path, manifest)
 

@@ -5,11 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_asr.runtime.bundle import PRECISIONS
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
-
-PRECISIONS = ("fp32", "int8")
 
 
 def _positive(text: str) -> int:

@@ -53,13 +53,6 @@ def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT)
     return weights.astype(np.float32)
 
 
-def pad_or_trim(mel: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
-    """Zero-pad or cut the last axis of ``mel`` to ``frames``, as whisper does for a 30 s window."""
-    if mel.shape[-1] >= frames:
-        return mel[..., :frames]
-    return np.pad(mel, [(0, 0)] * (mel.ndim - 1) + [(0, frames - mel.shape[-1])])
-
-
 class LogMelFrontend:
     """Turns 16 kHz float32 audio into whisper's log-Mel features ``float32 [n_mels, frames]``."""
 

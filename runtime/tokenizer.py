@@ -133,19 +133,6 @@ class WhisperTokenizer:
         """Text of the text tokens; special and timestamp tokens are dropped."""
         return self._tokenizer.decode([int(t) for t in tokens if t < self.eot], skip_special_tokens=False)
 
-    def decode_with_timestamps(self, tokens) -> str:
-        """Text with timestamp tokens written as <|1.08|>; other special tokens are dropped."""
-        parts, run = [], []
-        for token in tokens:
-            if token >= self.timestamp_begin:
-                seconds = (token - self.timestamp_begin) * TIMESTAMP_SECONDS
-                parts.append(self.decode(run) + f"<|{seconds:.2f}|>")
-                run = []
-            else:
-                run.append(token)
-        return "".join(parts) + self.decode(run)
-
-    @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:
         """Tokens of speaker tags and non-speech annotations ("♪♪♪", "( SPEAKING FOREIGN LANGUAGE )",
         "[DAVID] Hey there"), suppressed so that text not actually spoken is not sampled; basic

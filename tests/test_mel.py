@@ -15,7 +15,6 @@ from edge_asr.runtime.mel import (
     LogMelFrontend,
     hann_window,
     mel_filters,
-    pad_or_trim,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -125,13 +124,3 @@ def test_input_too_short_for_torch_reflect_padding_still_gives_a_frame(length):
     mel = LogMelFrontend(80)(noise()[:length])
     assert mel.shape == (80, 1)
     assert np.isfinite(mel).all()
-
-
-def test_pad_or_trim():
-    mel = np.arange(2 * 5, dtype=np.float32).reshape(2, 5)
-    np.testing.assert_array_equal(pad_or_trim(mel, 3), mel[:, :3])
-    padded = pad_or_trim(mel, 8)
-    assert padded.shape == (2, 8) and padded.dtype == np.float32
-    np.testing.assert_array_equal(padded[:, :5], mel)
-    assert not padded[:, 5:].any()
-    assert pad_or_trim(np.ones((80, 10), np.float32)).shape == (80, N_FRAMES)

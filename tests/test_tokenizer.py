@@ -92,21 +92,6 @@ def test_decode_drops_special_and_timestamp_tokens(tiny_en):
     assert tiny_en.decode(tokens) == " Hello there."
 
 
-def test_decode_with_timestamps_annotates_times(tiny_en):
-    tokens = [tiny_en.timestamp_begin, *tiny_en.encode(" Hi."), tiny_en.timestamp_begin + 54, tiny_en.eot]
-    assert tiny_en.decode_with_timestamps(tokens) == "<|0.00|> Hi.<|1.08|>"
-
-
-@pytest.mark.parametrize("which", ["tiny_en", "base"])
-def test_non_speech_tokens_match_ctranslate2_suppress_ids(which, request):
-    """CTranslate2's converter stores openai's suppress list (non-speech tokens plus specials)."""
-    tokenizer = request.getfixturevalue(which)
-    directory = _tiny_en_dir() if which == "tiny_en" else _base_dir()
-    config = json.loads((directory / "config.json").read_text())
-    t = tokenizer
-    specials = {t.sot, t.translate, t.transcribe, t.sot_lm, t.sot_prev, t.no_speech}
-    assert tokenizer.non_speech_tokens == tuple(sorted(set(config["suppress_ids"]) - specials))
-
 
 def test_missing_file_is_explained(tmp_path):
     with pytest.raises(EdgeAsrError, match="Cannot read the tokenizer file"):

@@ -112,6 +112,17 @@ class OrtEngine:
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise BundleError(f"onnxruntime cannot load {encoder.parent}: {str(err).splitlines()[0]}") from None
         self.dims = dims
+        self._check_decoder_inputs(decoder)
+
+    def _check_decoder_inputs(self, decoder: Path) -> None:
+        """The graph must take exactly the inputs this engine feeds for the manifest's dimensions."""
+        layers = range(self.dims.n_text_layer)
+        wanted = {"tokens", "offsets", "select"} | {
+            f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in layers
+        }
+        if {i.name for i in self.decoder.get_inputs()} != wanted:
+            raise BundleError(f"{decoder} does not take the inputs of a {self.dims.n_text_layer}-layer decoder "
+                              "as this edge-asr feeds them: recompile the bundle with `edge-asr compile`.")
 
     def encode(self, mel: np.ndarray) -> OrtAudioContext:
         cross_k, cross_v = self.encoder.run(None, {"mel": np.ascontiguousarray(mel, dtype=np.float32)})
