@@ -133,6 +133,7 @@ class WhisperTokenizer:
         """Text of the text tokens; special and timestamp tokens are dropped."""
         return self._tokenizer.decode([int(t) for t in tokens if t < self.eot], skip_special_tokens=False)
 
+    @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:
         """Tokens of speaker tags and non-speech annotations ("♪♪♪", "( SPEAKING FOREIGN LANGUAGE )",
         "[DAVID] Hey there"), suppressed so that text not actually spoken is not sampled; basic
