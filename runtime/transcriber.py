@@ -13,7 +13,7 @@ from edge_asr.runtime.errors import AudioError
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines import load_engine
-from edge_asr.runtime.mel import N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.mel import HOP_LENGTH, N_SAMPLES, LogMelFrontend
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 from edge_asr.runtime.transcript import Transcript, WindowResult
 
@@ -43,7 +43,9 @@ class Transcriber:
 
     def windows(self, audio: np.ndarray, options: TranscribeOptions) -> Iterator[WindowResult]:
         """Decoded 30 s windows as they complete, for progress and for keeping partial work."""
-        mel = self.frontend(audio, padding=N_SAMPLES)
+        # openai's log_mel_spectrogram(padding=N_SAMPLES): the 30 s of zeros after the audio are part
+        # of the loudness normalisation the model was trained with; their frames are not decoded.
+        mel = self.frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH]
         yield from transcribe(self.engine, self.tokenizer, mel, options)
 
     def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:

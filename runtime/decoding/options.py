@@ -8,7 +8,7 @@ from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import TASKS, language_code
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise EdgeAsrError(message)
 
@@ -36,34 +36,34 @@ class DecodingOptions:
     loop_min_tokens: int = 20
 
     def validate(self) -> "DecodingOptions":
-        _require(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, not {self.task!r}.")
+        require(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, not {self.task!r}.")
         if self.language is not None:
             language_code(self.language)
-        _require(self.beam_size >= 1, f"beam_size must be at least 1 (1 is greedy), not {self.beam_size}.")
-        _require(self.best_of >= 1, f"best_of must be at least 1, not {self.best_of}.")
-        _require(self.patience > 0, f"patience must be positive, not {self.patience}.")
-        _require(
+        require(self.beam_size >= 1, f"beam_size must be at least 1 (1 is greedy), not {self.beam_size}.")
+        require(self.best_of >= 1, f"best_of must be at least 1, not {self.best_of}.")
+        require(self.patience > 0, f"patience must be positive, not {self.patience}.")
+        require(
             round(self.beam_size * self.patience) >= 1,
             f"beam_size * patience must round to at least 1 (got {self.beam_size} * {self.patience}).",
         )
-        _require(
+        require(
             self.length_penalty is None or 0 <= self.length_penalty <= 1,
             f"length_penalty must be None or between 0 and 1, not {self.length_penalty}.",
         )
-        _require(
+        require(
             self.sample_len is None or self.sample_len >= 1,
             f"sample_len must be None or at least 1, not {self.sample_len}.",
         )
-        _require(
+        require(
             all(isinstance(t, int) and t >= -1 for t in self.suppress_tokens),
             f"suppress_tokens must be token ids or -1 (the non-speech symbols), not {self.suppress_tokens}.",
         )
-        _require(
+        require(
             self.max_initial_timestamp is None or self.max_initial_timestamp >= 0,
             f"max_initial_timestamp must be None or at least 0 seconds, not {self.max_initial_timestamp}.",
         )
-        _require(self.loop_min_repeats >= 0, f"loop_min_repeats must not be negative, not {self.loop_min_repeats}.")
-        _require(self.loop_min_tokens >= 0, f"loop_min_tokens must not be negative, not {self.loop_min_tokens}.")
+        require(self.loop_min_repeats >= 0, f"loop_min_repeats must not be negative, not {self.loop_min_repeats}.")
+        require(self.loop_min_tokens >= 0, f"loop_min_tokens must not be negative, not {self.loop_min_tokens}.")
         return self
 
 
@@ -89,25 +89,25 @@ class TranscribeOptions(DecodingOptions):
 
     def validate(self) -> "TranscribeOptions":
         super().validate()
-        _require(len(self.temperatures) > 0, "temperatures must hold at least one temperature.")
-        _require(all(t >= 0 for t in self.temperatures), f"temperatures must not be negative: {self.temperatures}.")
-        _require(
+        require(len(self.temperatures) > 0, "temperatures must hold at least one temperature.")
+        require(all(t >= 0 for t in self.temperatures), f"temperatures must not be negative: {self.temperatures}.")
+        require(
             self.compression_ratio_threshold is None or self.compression_ratio_threshold > 0,
             f"compression_ratio_threshold must be None or positive, not {self.compression_ratio_threshold}.",
         )
-        _require(
+        require(
             self.logprob_threshold is None or self.logprob_threshold <= 0,
             f"logprob_threshold must be None or at most 0, not {self.logprob_threshold}.",
         )
-        _require(
+        require(
             self.no_speech_threshold is None or 0 <= self.no_speech_threshold <= 1,
             f"no_speech_threshold must be None or a probability, not {self.no_speech_threshold}.",
         )
-        _require(
+        require(
             self.max_tokens_per_second is None or self.max_tokens_per_second > 0,
             f"max_tokens_per_second must be None or positive, not {self.max_tokens_per_second}.",
         )
-        _require(
+        require(
             self.window_frames >= 2 and self.window_frames % 2 == 0,
             f"window_frames must be an even number of Mel frames, not {self.window_frames}.",
         )

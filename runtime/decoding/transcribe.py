@@ -24,20 +24,23 @@ from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
 
-# The Mel spectrogram comes with 30 s of zero audio appended (openai's log_mel_spectrogram with
-# padding=N_SAMPLES), so that its loudness normalisation matches the model's training.
-MEL_PADDING_FRAMES = 3000
 # Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
 FLAT_MEL_RANGE = 1e-3
 
 
 def transcribe(
-    engine: Engine, tokenizer: WhisperTokenizer, mel: np.ndarray, options: TranscribeOptions | None = None
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    mel: np.ndarray,
+    options: TranscribeOptions | None = None,
+    window_buffer: np.ndarray | None = None,
 ) -> Iterator[WindowResult]:
-    """Transcribes ``mel`` (float32 [n_mels, frames], 30 s of padding included) window by window."""
+    """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames) window
+    by window. ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
+    reused for every encoder input instead of a new array per window."""
     options = (options or TranscribeOptions()).validate()
-    _check_mel(engine, mel, options)
-    content_frames = mel.shape[1] - MEL_PADDING_FRAMES
+    _check_mel(engine, mel, options, window_buffer)
+    content_frames = mel.shape[1]
     state = _RecordingState(
         duration=content_frames / FRAMES_PER_SECOND,
         rng=np.random.default_rng(options.seed),
@@ -52,7 +55,7 @@ def transcribe(
         if _is_flat(content):
             segments, consumed = [], audio_frames
         else:
-            audio = engine.encode(_window_mel(content, options.window_frames))
+            audio = engine.encode(window_mel(content, options.window_frames, window_buffer))
             if language is None:
                 language = detect_language(engine, tokenizer, audio)[0][0]
             segments, consumed = _transcribe_window(
@@ -200,10 +203,15 @@ def _fixed_language(tokenizer: WhisperTokenizer, options: TranscribeOptions) -> 
     return language_code(options.language) if options.language is not None else None
 
 
-def _window_mel(content: np.ndarray, window_frames: int) -> np.ndarray:
+def window_mel(content: np.ndarray, window_frames: int, buffer: np.ndarray | None) -> np.ndarray:
     """float32 [1, n_mels, window_frames]: the content, then zeros (as openai's pad_or_trim)."""
-    window = np.zeros((1, content.shape[0], window_frames), dtype=np.float32)
-    window[0, :, : content.shape[1]] = content
+    n_mels, frames = content.shape
+    if buffer is None:
+        window = np.empty((1, n_mels, window_frames), dtype=np.float32)
+    else:
+        window = buffer[: n_mels * window_frames].reshape(1, n_mels, window_frames)
+    window[0, :, :frames] = content
+    window[0, :, frames:] = 0
     return window
 
 
@@ -213,15 +221,12 @@ def _is_flat(content: np.ndarray) -> bool:
     return float(content.max() - content.min()) < FLAT_MEL_RANGE
 
 
-def _check_mel(engine: Engine, mel: np.ndarray, options: TranscribeOptions) -> None:
+def _check_mel(engine: Engine, mel: np.ndarray, options: TranscribeOptions, buffer: np.ndarray | None) -> None:
     dims = engine.dims
     if mel.ndim != 2 or mel.shape[0] != dims.n_mels:
         raise EdgeAsrError(f"The Mel spectrogram must be [{dims.n_mels}, frames] not {list(mel.shape)}.")
-    if mel.shape[1] < MEL_PADDING_FRAMES:
-        raise EdgeAsrError(
-            f"The Mel spectrogram has {mel.shape[1]} frames; "
-            f"it must end with the {MEL_PADDING_FRAMES} frames of 30 s of padding."
-        )
+    if buffer is not None and (buffer.dtype != np.float32 or buffer.size < dims.n_mels * options.window_frames):
+        raise EdgeAsrError(f"The window buffer must be float32 with room for {dims.n_mels} x {options.window_frames}.")
     if options.window_frames > 2 * dims.n_audio_ctx:
         raise EdgeAsrError(
             f"window_frames {options.window_frames} exceeds the model's audio context of {2 * dims.n_audio_ctx} frames."

@@ -32,6 +32,18 @@ def _shared_thread_pool(threads: int) -> None:
         _pool_threads = threads
 
 
+def helper_session_options() -> ort.SessionOptions:
+    """Options for a small helper model such as the VAD: once an engine has made the shared pool,
+    onnxruntime refuses sessions with threads of their own; before, one thread of its own does."""
+    options = ort.SessionOptions()
+    if _pool_threads is not None:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = 1  # a 32 ms VAD window is too small to split across threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 def _layer_values(name: str, stacked: np.ndarray) -> dict[str, ort.OrtValue]:
     """One OrtValue per layer, each a view of ``stacked`` (onnxruntime shares CPU numpy memory).
 

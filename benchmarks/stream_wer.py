@@ -1,0 +1,108 @@
+"""Words of streaming against offline transcription on the developer clips.
+
+Each clip is streamed as fast as possible (the same code path as `edge-asr stream --input`), with
+the encoder given the whole 30 s window or only the utterance plus a margin, and its final text
+scored against the reference next to the offline transcript of the same bundle. Encoder calls and
+the Mel frames they covered say what the shorter context saves.
+
+    python3 -m edge_asr.benchmarks.stream_wer --bundle DIR [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from edge_asr.benchmarks.dev_clips import Clip, developer_clips
+from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.runtime.audio import load_audio
+from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+from edge_asr.runtime.streaming.vad import SileroVad
+from edge_asr.runtime.transcriber import Transcriber
+
+BLOCK = 512
+
+
+class CountingEngine:
+    """The engine, with its encoder calls and their Mel frames counted."""
+
+    def __init__(self, engine):
+        self.engine, self.dims = engine, engine.dims
+        self.encoder_calls = self.encoder_frames = 0
+        self.encoder_seconds = 0.0
+
+    def encode(self, mel):
+        self.encoder_calls += 1
+        self.encoder_frames += mel.shape[0] * mel.shape[2]
+        started = time.perf_counter()
+        audio = self.engine.encode(mel)
+        self.encoder_seconds += time.perf_counter() - started
+        return audio
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@dataclass
+class StreamRun:
+    texts: list[str]
+    encoder_calls: int
+    encoder_frames: int
+    encoder_seconds: float
+    seconds: float
+
+
+def stream_text(recognizer: StreamRecognizer, audio) -> str:
+    """The clip's final text, streamed in BLOCK-sample pushes as `edge-asr stream --input` does."""
+    events = []
+    for start in range(0, len(audio), BLOCK):
+        events += recognizer.push(audio[start : start + BLOCK])
+    events += recognizer.flush()
+    return " ".join(e.text for e in events if e.type == "final" and e.text)
+
+
+def stream_clips(transcriber: Transcriber, clips: list[Clip], options: StreamOptions) -> StreamRun:
+    engine = CountingEngine(transcriber.engine)
+    vad = SileroVad()
+    texts, started = [], time.perf_counter()
+    for clip in clips:
+        vad.reset()
+        recognizer = StreamRecognizer(engine, transcriber.tokenizer, vad, transcriber.options(), options)
+        texts.append(stream_text(recognizer, load_audio(clip.path)))
+    return StreamRun(texts, engine.encoder_calls, engine.encoder_frames, engine.encoder_seconds,
+                     time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    clips = developer_clips()
+    transcriber = Transcriber(args.bundle, threads=args.threads)
+    references = [c.reference for c in clips]
+    offline = [transcriber.transcribe(c.path).text for c in clips]
+    report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline)))}
+    print(f"{len(clips)} clips; offline WER {report['offline_wer']:.2f} %")
+    for context in ("full", "utterance"):
+        run = stream_clips(transcriber, clips, replace(StreamOptions(), encoder_context=context, partial_interval_s=0))
+        wer = corpus_wer(list(zip(references, run.texts)))
+        report[context] = {"wer": wer, "encoder_calls": run.encoder_calls, "encoder_frames": run.encoder_frames,
+                           "encoder_seconds": run.encoder_seconds, "seconds": run.seconds}
+        print(f"stream, encoder context {context:9}: WER {wer:.2f} %, {run.encoder_calls} encoder calls over "
+              f"{run.encoder_frames} frames in {run.encoder_seconds:.2f} s; total {run.seconds:.2f} s")
+        for clip, text, ref in zip(clips, run.texts, offline):
+            if text != ref.strip():
+                print(f"  {clip.name}: stream {text!r}\n  {' ' * len(clip.name)}  offline {ref.strip()!r}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Streaming recognition: audio sources, VAD, utterance segmentation, incremental features, events."""

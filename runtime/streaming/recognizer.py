@@ -1,0 +1,175 @@
+"""One audio stream in, partial and final text out: VAD, segmenter, incremental Mel and decoding.
+
+Audio is pushed as it arrives. Every sample goes once through the Mel frontend (into a ring of
+frames) and the VAD; the engine runs only while somebody speaks:
+- about every ``partial_interval_s`` of speech, a greedy decoding of the utterance so far, whose
+  words LocalAgreement turns into a partial that does not flicker;
+- at each pause, the final decoding of the utterance so far (the same decoding as offline
+  transcription, fallback included), so that when the pause proves long enough to end the
+  utterance its text is already there. Speech that resumes discards it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.decoding.decode import decode_window
+from edge_asr.runtime.decoding.options import TranscribeOptions, require
+from edge_asr.runtime.decoding.repetition import token_cap
+from edge_asr.runtime.decoding.transcribe import window_mel, has_words, transcribe
+from edge_asr.runtime.engines.base import Engine
+from edge_asr.runtime.host_memory import host_buffer
+from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, LogMelFrontend
+from edge_asr.runtime.streaming.agreement import LocalAgreement
+from edge_asr.runtime.streaming.events import StreamEvent
+from edge_asr.runtime.streaming.mel_stream import StreamingLogMel
+from edge_asr.runtime.streaming.segmenter import UtteranceEvent, VadOptions, VadSegmenter
+from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+RING_FRAMES = N_FRAMES + 1500  # a 30 s utterance plus the padding and VAD delay before it is cut
+PROMPT_CHARACTERS = 600  # previous finals that prompt the next utterance (about 150 tokens)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    vad: VadOptions = field(default_factory=VadOptions)
+    partial_interval_s: float = 1.0  # seconds of speech between partials; 0: finals only
+    # "utterance": the encoder sees the utterance plus a margin (at least min_context_s), not 30 s.
+    encoder_context: Literal["full", "utterance"] = "utterance"
+    context_margin_s: float = 1.0
+    min_context_s: float = 10.0  # shorter inputs make a stock Whisper loop instead of ending
+
+    def validate(self) -> "StreamOptions":
+        self.vad.validate()
+        require(self.partial_interval_s >= 0, f"partial_interval_s must not be negative, not {self.partial_interval_s}.")
+        require(
+            self.encoder_context in ("full", "utterance"),
+            f"encoder_context must be 'full' or 'utterance', not {self.encoder_context!r}.",
+        )
+        require(self.context_margin_s >= 0, f"context_margin_s must not be negative, not {self.context_margin_s}.")
+        require(0 < self.min_context_s <= 30, f"min_context_s must be in (0, 30], not {self.min_context_s}.")
+        return self
+
+
+@dataclass
+class _Candidate:
+    """The final decoding of [start, end), made at a pause before the utterance is known to end."""
+
+    start: int
+    end: int
+    text: str
+
+
+class StreamRecognizer:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: WhisperTokenizer,
+        vad,
+        transcribe_options: TranscribeOptions | None = None,
+        options: StreamOptions | None = None,
+    ):
+        self.engine, self.tokenizer = engine, tokenizer
+        self.options = (options or StreamOptions()).validate()
+        self.transcribe_options = (transcribe_options or TranscribeOptions()).validate()
+        n_mels = engine.dims.n_mels
+        pinned = getattr(engine, "device", "cpu") == "cuda"  # the engine copies its input to a GPU
+        self.mel = StreamingLogMel(LogMelFrontend(n_mels), RING_FRAMES, pinned=pinned)
+        self.segmenter = VadSegmenter(vad, self.options.vad)
+        self.agreement = LocalAgreement()
+        self._content = np.empty((n_mels, N_FRAMES), np.float32)
+        self._window = host_buffer((n_mels * N_FRAMES,), np.float32, pinned=pinned)
+        self._previous_text = ""
+        self._candidate: _Candidate | None = None
+        self._next_partial = 0  # stream sample at which the next partial is due
+        self._partials_shown = False
+
+    def push(self, samples: np.ndarray) -> list[StreamEvent]:
+        """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete."""
+        self.mel.push(samples)
+        events = self._handle(self.segmenter.push(samples))
+        events.extend(self._partial())
+        return events
+
+    def flush(self) -> list[StreamEvent]:
+        """End of the stream: what is buffered becomes final; nothing heard is lost."""
+        self.mel.flush(padding=N_FFT)  # the last frames see zeros after the audio, as offline
+        return self._handle(self.segmenter.flush())
+
+    def _handle(self, utterance_events: list[UtteranceEvent]) -> list[StreamEvent]:
+        events = []
+        for event in utterance_events:
+            if event.kind == "start":
+                self.agreement.reset()
+                self._candidate, self._partials_shown = None, False
+                self._next_partial = event.start + self._partial_samples()
+            elif event.kind == "pause":
+                self._candidate = _Candidate(event.start, event.end, self._final_text(event.start, event.end))
+            else:
+                events.extend(self._final(event))
+        return events
+
+    def _final(self, event: UtteranceEvent) -> list[StreamEvent]:
+        candidate = self._candidate
+        if candidate is not None and (candidate.start, candidate.end) == (event.start, event.end):
+            text = candidate.text
+        else:
+            text = self._final_text(event.start, event.end)
+        self._candidate = None
+        if not text and not self._partials_shown:
+            return []  # noise the VAD took for speech: nothing was shown, nothing to close
+        if text:
+            self._previous_text = (self._previous_text + " " + text)[-PROMPT_CHARACTERS:]
+        return [StreamEvent("final", event.start / SAMPLE_RATE, event.end / SAMPLE_RATE, text,
+                            voiced_end=event.voiced_end / SAMPLE_RATE)]
+
+    def _partial_samples(self) -> int:
+        interval = self.options.partial_interval_s
+        return round(interval * SAMPLE_RATE) if interval > 0 else np.iinfo(np.int64).max
+
+    def _partial(self) -> list[StreamEvent]:
+        start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
+        if start is None or self.segmenter.paused or now < self._next_partial:
+            return []
+        self._next_partial = now + self._partial_samples()
+        stable, unstable = self.agreement.update(self._partial_text(start, now))
+        self._partials_shown = True
+        return [StreamEvent("partial", start / SAMPLE_RATE, now / SAMPLE_RATE, stable, unstable)]
+
+    def _frames(self, start: int, end: int) -> tuple[np.ndarray, int]:
+        """The utterance's normalised Mel frames and the encoder window they go in."""
+        first = start // HOP_LENGTH
+        stop = min(-(-end // HOP_LENGTH), self.mel.frames_done, first + N_FRAMES)
+        content = self.mel.window(first, stop, out=self._content[:, : stop - first])
+        return content, self._window_frames(stop - first)
+
+    def _window_frames(self, frames: int) -> int:
+        options = self.options
+        if options.encoder_context == "full":
+            return N_FRAMES
+        wanted = max(frames + options.context_margin_s * 100, options.min_context_s * 100)
+        return min(N_FRAMES, 2 * int(np.ceil(wanted / 2)))
+
+    def _prompt(self) -> str | None:
+        return self._previous_text.strip() or None if self.transcribe_options.condition_on_previous_text else None
+
+    def _final_text(self, start: int, end: int) -> str:
+        """The offline decoding (fallback, silence and loop checks) of one utterance."""
+        content, window_frames = self._frames(start, end)
+        options = replace(self.transcribe_options, window_frames=window_frames, initial_prompt=self._prompt())
+        windows = transcribe(self.engine, self.tokenizer, content, options, window_buffer=self._window)
+        return " ".join(segment.text.strip() for window in windows for segment in window.segments).strip()
+
+    def _partial_text(self, start: int, end: int) -> str:
+        """A quick guess: one greedy pass without timestamps, no fallback."""
+        content, window_frames = self._frames(start, end)
+        options = self.transcribe_options
+        cap = token_cap(content.shape[1] / 100, options.max_tokens_per_second)
+        guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
+        audio = self.engine.encode(window_mel(content, window_frames, self._window))
+        prompt = self.tokenizer.encode(" " + self._previous_text.strip()) if self._prompt() else []
+        (result,) = decode_window(self.engine, self.tokenizer, audio, guess, prompts=[prompt])
+        return result.text if has_words(result.text) else ""

@@ -1,0 +1,61 @@
+"""`edge-asr stream`: one source through one recognizer into one sink, until the input ends or
+the user stops it. Either way the audio already heard is flushed into final text."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.streaming.events import SINKS
+from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+from edge_asr.runtime.streaming.segmenter import VadOptions
+from edge_asr.runtime.streaming.sources import AudioSource, FileSource, MicSource, StdinSource, check_microphone
+from edge_asr.runtime.streaming.vad import SileroVad
+
+
+def open_source(args) -> AudioSource:
+    if args.input is not None:
+        return FileSource(args.input, realtime=args.realtime)
+    if args.stdin:
+        return StdinSource(sample_rate=args.stdin_rate)
+    check_microphone(args.device)
+    return MicSource(device=args.device)
+
+
+def stream_options(args) -> StreamOptions:
+    names = ("threshold", "min_speech_ms", "min_silence_ms", "pad_before_ms", "pad_after_ms")
+    vad = VadOptions(**{name: getattr(args, f"vad_{name}") for name in names})
+    return StreamOptions(vad=vad, partial_interval_s=args.partial_interval, encoder_context=args.encoder_context)
+
+
+def stream(bundle: Path, args) -> int:
+    from edge_asr.runtime.transcriber import Transcriber
+
+    options = stream_options(args).validate()  # a bad option is refused before anything loads
+    vad = SileroVad(args.vad_model)
+    source = open_source(args)
+    transcriber = Transcriber(bundle, threads=args.threads)
+    decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
+    recognizer = StreamRecognizer(transcriber.engine, transcriber.tokenizer, vad, decoding, options)
+    return run(source, recognizer, SINKS[args.format](sys.stdout))
+
+
+def run(source: AudioSource, recognizer: StreamRecognizer, sink) -> int:
+    """Pushes the source's blocks through the recognizer. Ctrl-C or an audio error stops capture,
+    and whatever was captured still becomes final text before the exit."""
+    status, error = 0, None
+    try:
+        for block in source.blocks():
+            for event in recognizer.push(block):
+                sink.write(event)
+    except KeyboardInterrupt:  # the way to end a microphone stream: not a failure
+        pass
+    except EdgeAsrError as err:
+        status, error = 1, err
+    source.stop()
+    for event in [*recognizer.push(source.drain()), *recognizer.flush()]:
+        sink.write(event)
+    sink.close()
+    if error is not None:
+        print(f"edge-asr: {error}", file=sys.stderr)
+    return status

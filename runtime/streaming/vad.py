@@ -1,0 +1,69 @@
+"""Silero VAD on onnxruntime: the speech probability of each 32 ms window, without torch.
+
+The model is the ONNX file shipped in the ``silero-vad`` package. That package requires torch, so
+it is found without being imported; a device installs it with ``pip install --no-deps``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.engines.ort import helper_session_options
+from edge_asr.runtime.errors import ModelSourceError
+
+WINDOW_SAMPLES = 512  # the 16 kHz model judges 32 ms at a time
+CONTEXT_SAMPLES = 64  # and sees the last 64 samples of the window before (silero's OnnxWrapper)
+STATE_SHAPE = (2, 1, 128)
+INSTALL_HINT = "pip install --no-deps silero-vad==6.2.3"
+
+
+def locate_vad_model(explicit: str | os.PathLike | None = None) -> Path:
+    """The Silero ONNX file: ``explicit``, else $EDGE_ASR_VAD_MODEL, else the installed silero-vad."""
+    given = explicit or os.environ.get("EDGE_ASR_VAD_MODEL")
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise ModelSourceError(f"The VAD model '{path}' does not exist.")
+        return path
+    spec = importlib.util.find_spec("silero_vad")  # finds the package without running its torch imports
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / "data" / "silero_vad.onnx"
+            if path.is_file():
+                return path
+    raise ModelSourceError(f"Streaming needs the Silero VAD model: {INSTALL_HINT}, or give --vad-model FILE.")
+
+
+class SileroVad:
+    """One audio stream's voice activity detector; it keeps the model's recurrent state between calls."""
+
+    def __init__(self, model: str | os.PathLike | None = None):
+        path = locate_vad_model(model)
+        try:
+            self.session = ort.InferenceSession(str(path), helper_session_options(), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for a file that is not a model
+            raise ModelSourceError(f"Cannot load the VAD model '{path}': it is not a valid ONNX file.") from err
+        self._input = np.zeros((1, CONTEXT_SAMPLES + WINDOW_SAMPLES), np.float32)
+        self._sample_rate = np.array(SAMPLE_RATE, np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the audio heard so far (a new stream)."""
+        self._state = np.zeros(STATE_SHAPE, np.float32)
+        self._input[:] = 0
+
+    def __call__(self, window: np.ndarray) -> float:
+        """Speech probability of the next ``WINDOW_SAMPLES`` samples of the stream."""
+        if window.shape != (WINDOW_SAMPLES,):
+            raise ValueError(f"the VAD takes windows of {WINDOW_SAMPLES} samples, not {window.shape}")
+        self._input[0, :CONTEXT_SAMPLES] = self._input[0, -CONTEXT_SAMPLES:]
+        self._input[0, CONTEXT_SAMPLES:] = window
+        probability, self._state = self.session.run(
+            None, {"input": self._input, "state": self._state, "sr": self._sample_rate}
+        )
+        return float(probability[0, 0])
