@@ -96,7 +96,7 @@ def add_stream_parser(commands) -> None:
     st.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
                     help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
     st.add_argument("--encoder-context", choices=("utterance", "full"), default=defaults.encoder_context,
-                    help="utterance: encode the utterance plus 1 s (at least 10 s); full: always 30 s, "
+                    help="utterance: encode the utterance plus 1 s (at least 15 s); full: always 30 s, "
                     "as offline (default: %(default)s)")
 
 
@@ -139,10 +139,10 @@ def _transcribe(args) -> int:
 
 
 def _stream(args) -> int:
-    from edge_asr.runtime.streaming import sources, stream_command
+    from edge_asr.runtime.streaming import microphone, stream_command
 
     if args.list_devices:
-        print("\n".join(sources.list_input_devices()))
+        print("\n".join(microphone.list_input_devices()) or "No audio input devices.")
         return 0
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return stream_command.stream(bundle, args)

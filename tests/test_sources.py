@@ -16,14 +16,8 @@ import soxr
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError
 from edge_asr.runtime.streaming import microphone
-from edge_asr.runtime.streaming.sources import (
-    FileSource,
-    MicSource,
-    SampleRing,
-    StdinSource,
-    check_microphone,
-    list_input_devices,
-)
+from edge_asr.runtime.streaming.microphone import MicSource, SampleRing, check_microphone, list_input_devices
+from edge_asr.runtime.streaming.sources import FileSource, StdinSource
 
 from conftest import DATA
 

@@ -30,8 +30,10 @@ class VadOptions:
     threshold: float = 0.5  # speech probability at which speech starts
     min_speech_ms: int = 250  # shorter runs of speech are noise
     min_silence_ms: int = 250  # a pause this long ends the utterance
-    pad_before_ms: int = 300  # audio kept before the start of speech
-    pad_after_ms: int = 100  # audio kept after the end of speech
+    # Chosen on the developer clips (benchmarks/stream_wer.py): with less before, Whisper misheard first
+    # words ("ask" as "as"); each ms after is a ms more of latency, and 150 gave offline's WER.
+    pad_before_ms: int = 400  # audio kept before the start of speech
+    pad_after_ms: int = 150  # audio kept after the end of speech
     max_utterance_s: float = MAX_UTTERANCE_S  # longer utterances are cut at a pause near this length
     split_search_s: float = 5.0  # how far back from the limit to look for a pause to cut at
 

@@ -12,10 +12,6 @@ import soxr
 
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError
-from edge_asr.runtime.streaming.microphone import MicSource, SampleRing, check_microphone, list_input_devices
-
-__all__ = ["AudioSource", "FileSource", "StdinSource", "MicSource", "SampleRing", "check_microphone",
-           "list_input_devices"]  # the microphone's names too: one import path for every source
 
 
 class AudioSource(Protocol):

@@ -9,7 +9,8 @@ from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import SINKS
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 from edge_asr.runtime.streaming.segmenter import VadOptions
-from edge_asr.runtime.streaming.sources import AudioSource, FileSource, MicSource, StdinSource, check_microphone
+from edge_asr.runtime.streaming.microphone import MicSource, check_microphone
+from edge_asr.runtime.streaming.sources import AudioSource, FileSource, StdinSource
 from edge_asr.runtime.streaming.vad import SileroVad
 
 
