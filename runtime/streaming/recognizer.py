@@ -134,7 +134,8 @@ class StreamRecognizer:
 
     def _partial(self) -> list[StreamEvent]:
         start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
-        if start is None or self.segmenter.paused or now < self._next_partial:
+        # Not once speech has stopped: the decoding at the pause is due soon, and a partial would delay it.
+        if start is None or self.segmenter.silent_for > 0 or now < self._next_partial:
             return []
         self._next_partial = now + self._partial_samples()
         stable, unstable = self.agreement.update(self._partial_text(start, now))

@@ -102,9 +102,9 @@ class VadSegmenter:
         return self._utterance
 
     @property
-    def paused(self) -> bool:
-        """Speech has stopped for at least the padding; the utterance may be about to end."""
-        return self._paused
+    def silent_for(self) -> int:
+        """Samples since the last window judged speech (0 while speech goes on)."""
+        return self.samples_seen - self._voiced_end if self._utterance is not None else 0
 
     def push(self, samples: np.ndarray) -> list[UtteranceEvent]:
         """Judges every whole window now available; returns the events they cause, in order."""

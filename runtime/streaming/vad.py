@@ -40,7 +40,12 @@ def locate_vad_model(explicit: str | os.PathLike | None = None) -> Path:
 
 
 class SileroVad:
-    """One audio stream's voice activity detector; it keeps the model's recurrent state between calls."""
+    """One audio stream's voice activity detector; it keeps the model's recurrent state between calls.
+
+    Make it before the first engine of the process: it then gets one thread of its own. Made after,
+    onnxruntime puts it on the engine's shared pool, whose idle threads spin after every 32 ms call,
+    and silence costs a whole core (4 % of one core otherwise; benchmarks/stream_latency.py).
+    """
 
     def __init__(self, model: str | os.PathLike | None = None):
         path = locate_vad_model(model)
