@@ -5,7 +5,7 @@ the encoder given the whole 30 s window or only the utterance plus a margin, and
 scored against the reference next to the offline transcript of the same bundle. Encoder calls and
 the Mel frames they covered say what the shorter context saves.
 
-    python3 -m edge_asr.benchmarks.stream_wer --bundle DIR [--threads 2]
+    python3 -m edge_asr.benchmarks.stream_wer --bundle DIR [--threads 2] [--min-context S]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asr.benchmarks.dev_clips import Clip, developer_clips
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-context", type=float, default=StreamOptions().min_context_s, metavar="S",
+                        help="the shortest encoder input with --encoder-context utterance (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline)))}
     print(f"{len(clips)} clips; offline WER {report['offline_wer']:.2f} %")
     for context in ("full", "utterance"):
-        run = stream_clips(transcriber, clips, replace(StreamOptions(), encoder_context=context, partial_interval_s=0))
+        options = StreamOptions(encoder_context=context, min_context_s=args.min_context, partial_interval_s=0)
+        run = stream_clips(transcriber, clips, options)
         wer = corpus_wer(list(zip(references, run.texts)))
         report[context] = {"wer": wer, "encoder_calls": run.encoder_calls, "encoder_frames": run.encoder_frames,
                            "encoder_seconds": run.encoder_seconds, "seconds": run.seconds}
