@@ -6,6 +6,7 @@ scored against the reference next to the offline transcript of the same bundle. 
 the Mel frames they covered say what the shorter context saves.
 
     python3 -m edge_asr.benchmarks.stream_wer --bundle DIR [--threads 2] [--min-context S]
+        [--pad-before-ms MS] [--pad-after-ms MS]
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from edge_asr.benchmarks.dev_clips import Clip, developer_clips
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.streaming.vad import SileroVad
 from edge_asr.runtime.transcriber import Transcriber
 
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-context", type=float, default=StreamOptions().min_context_s, metavar="S",
                         help="the shortest encoder input with --encoder-context utterance (default: %(default)s)")
+    parser.add_argument("--pad-before-ms", type=int, default=VadOptions().pad_before_ms, metavar="MS")
+    parser.add_argument("--pad-after-ms", type=int, default=VadOptions().pad_after_ms, metavar="MS")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline)))}
     print(f"{len(clips)} clips; offline WER {report['offline_wer']:.2f} %")
     for context in ("full", "utterance"):
-        options = StreamOptions(encoder_context=context, min_context_s=args.min_context, partial_interval_s=0)
+        vad = VadOptions(pad_before_ms=args.pad_before_ms, pad_after_ms=args.pad_after_ms)
+        options = StreamOptions(vad, partial_interval_s=0, encoder_context=context, min_context_s=args.min_context)
         run = stream_clips(transcriber, clips, options)
         wer = corpus_wer(list(zip(references, run.texts)))
         report[context] = {"wer": wer, "encoder_calls": run.encoder_calls, "encoder_frames": run.encoder_frames,
