@@ -84,7 +84,7 @@ class StreamRecognizer:
         self.agreement = LocalAgreement()
         self._content = np.empty((n_mels, N_FRAMES), np.float32)
         self._window = host_buffer((n_mels * N_FRAMES,), np.float32, pinned=pinned)
-        self._previous_text = ""
+        self._set_prompt(self.transcribe_options.initial_prompt)
         self._candidate: _Candidate | None = None
         self._next_partial = 0  # stream sample at which the next partial is due
         self._partials_shown = False
@@ -123,8 +123,8 @@ class StreamRecognizer:
         self._candidate = None
         if not text and not self._partials_shown:
             return []  # noise the VAD took for speech: nothing was shown, nothing to close
-        if text:
-            self._previous_text = (self._previous_text + " " + text)[-PROMPT_CHARACTERS:]
+        if text and self.transcribe_options.condition_on_previous_text:
+            self._set_prompt((self._prompt_text or "") + " " + text)
         return [StreamEvent("final", event.start / SAMPLE_RATE, event.end / SAMPLE_RATE, text,
                             voiced_end=event.voiced_end / SAMPLE_RATE)]
 
@@ -156,13 +156,17 @@ class StreamRecognizer:
         wanted = max(frames + options.context_margin_s * 100, options.min_context_s * 100)
         return min(N_FRAMES, 2 * int(np.ceil(wanted / 2)))
 
-    def _prompt(self) -> str | None:
-        return self._previous_text.strip() or None if self.transcribe_options.condition_on_previous_text else None
+    def _set_prompt(self, text: str | None) -> None:
+        """The text that primes the next decodings: the user's initial prompt, then the last finals.
+        Tokenized here, once per final, not once per partial."""
+        kept = text[-PROMPT_CHARACTERS:].strip() if text else ""
+        self._prompt_text = kept or None
+        self._prompt_tokens = self.tokenizer.encode(" " + self._prompt_text) if self._prompt_text else []
 
     def _final_text(self, start: int, end: int) -> str:
         """The offline decoding (fallback, silence and loop checks) of one utterance."""
         content, window_frames = self._frames(start, end)
-        options = replace(self.transcribe_options, window_frames=window_frames, initial_prompt=self._prompt())
+        options = replace(self.transcribe_options, window_frames=window_frames, initial_prompt=self._prompt_text)
         windows = transcribe(self.engine, self.tokenizer, content, options, window_buffer=self._window)
         return " ".join(segment.text.strip() for window in windows for segment in window.segments).strip()
 
@@ -173,6 +177,5 @@ class StreamRecognizer:
         cap = token_cap(content.shape[1] / 100, options.max_tokens_per_second)
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
         audio = self.engine.encode(window_mel(content, window_frames, self._window))
-        prompt = self.tokenizer.encode(" " + self._previous_text.strip()) if self._prompt() else []
-        (result,) = decode_window(self.engine, self.tokenizer, audio, guess, prompts=[prompt])
+        (result,) = decode_window(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
         return result.text if has_words(result.text) else ""
