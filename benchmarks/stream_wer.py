@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.benchmarks.dev_clips import Clip, developer_clips
+from edge_asr.benchmarks.clips import Clip, developer_clips
+from edge_asr.benchmarks.timed_engine import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
@@ -26,26 +27,6 @@ from edge_asr.runtime.streaming.vad import SileroVad
 from edge_asr.runtime.transcriber import Transcriber
 
 BLOCK = 512
-
-
-class CountingEngine:
-    """The engine, with its encoder calls and their Mel frames counted."""
-
-    def __init__(self, engine):
-        self.engine, self.dims = engine, engine.dims
-        self.encoder_calls = self.encoder_frames = 0
-        self.encoder_seconds = 0.0
-
-    def encode(self, mel):
-        self.encoder_calls += 1
-        self.encoder_frames += mel.shape[0] * mel.shape[2]
-        started = time.perf_counter()
-        audio = self.engine.encode(mel)
-        self.encoder_seconds += time.perf_counter() - started
-        return audio
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
 
 
 @dataclass
@@ -67,7 +48,7 @@ def stream_text(recognizer: StreamRecognizer, audio) -> str:
 
 
 def stream_clips(transcriber: Transcriber, clips: list[Clip], options: StreamOptions) -> StreamRun:
-    engine = CountingEngine(transcriber.engine)
+    engine = TimedEngine(transcriber.engine)
     vad = SileroVad()
     texts, started = [], time.perf_counter()
     for clip in clips:

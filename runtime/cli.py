@@ -1,10 +1,12 @@
-"""`edge-asr`: transcribe files with a bundle, or compile one (the compile stage is imported lazily)."""
+"""`edge-asr`: transcribe files or live audio with a bundle, compile one, or benchmark one (the compile
+stage and the benchmark harness are imported lazily)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from edge_asr.benchmarks.bench_command import add_bench_parser
 from edge_asr.runtime.bundle import PRECISIONS
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     add_stream_parser(commands)
+    add_bench_parser(commands, _add_model_arguments)
 
     co = commands.add_parser("compile", help="compile a checkpoint into a bundle",
                              description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]).")
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compile(args)
         if args.command == "stream":
             return _stream(args)
+        if args.command == "bench":
+            return _bench(args)
         return _transcribe(args)
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
@@ -146,6 +151,13 @@ def _stream(args) -> int:
         return 0
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return stream_command.stream(bundle, args)
+
+
+def _bench(args) -> int:
+    from edge_asr.benchmarks import bench_command
+
+    bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
+    return bench_command.run(bundle, args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from edge_asr.benchmarks.wer import normalise
-from edge_asr.benchmarks.dev_clips import JFK_TEXT
+from edge_asr.benchmarks.clips import JFK_TEXT
 
 
 @pytest.fixture(scope="module")

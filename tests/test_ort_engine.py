@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asr.benchmarks.dev_clips import JFK_TEXT
+from edge_asr.benchmarks.clips import JFK_TEXT
 from edge_asr.benchmarks.wer import normalise
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.decoding.decode import decode_window

@@ -15,8 +15,9 @@ import soxr
 
 from conftest import run_cli
 from test_sources import FakeInputStream, mic
-from edge_asr.benchmarks.dev_clips import JFK, JFK_TEXT, developer_clips
-from edge_asr.benchmarks.stream_wer import CountingEngine, stream_text
+from edge_asr.benchmarks.clips import JFK, JFK_TEXT, developer_clips
+from edge_asr.benchmarks.stream_wer import stream_text
+from edge_asr.benchmarks.timed_engine import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer, normalise
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError, ModelSourceError
@@ -106,7 +107,7 @@ def test_silence_and_noise_give_no_events_and_never_run_the_encoder(transcriber,
         "white noise": 0.05 * rng.normal(size=seconds(10)),
         "faint noise": 10 ** (-60 / 20) * rng.normal(size=seconds(10)),  # -60 dBFS
     }[kind].astype(np.float32)
-    engine = CountingEngine(transcriber.engine)
+    engine = TimedEngine(transcriber.engine)
     pushed, flushed = stream_events(new_recognizer(engine), audio)
     assert pushed == [] and flushed == []
     assert engine.encoder_calls == 0

