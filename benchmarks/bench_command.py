@@ -89,7 +89,8 @@ def run(bundle: Path, args) -> int:
     from edge_asr.runtime.transcriber import default_threads
 
     margin = _checked(parse_margin, args.max_regression)
-    _checked(choose, args.power)  # a misspelt source is refused now, not in the child
+    if args.power not in ("auto", "none"):
+        _checked(choose, args.power)  # a misspelt source is refused now, not in the child
     baseline = load_result(args.baseline) if args.baseline else None  # refused before a long run, not after
     clips = folder_clips(args.clips, args.references) if args.clips else developer_clips()
     _require_scoring(clips)

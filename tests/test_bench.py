@@ -189,3 +189,23 @@ def test_bench_refuses_bad_input_in_one_sentence(tiny_bundle, tmp_path):
     ]:
         done = run_cli("bench", "--bundle", tiny_bundle, "--out", tmp_path / "out", *args)
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_bench_stream_mode_reports_latency_per_stream(tiny_bundle, tmp_path):
+    """Two real-time streams of the JFK clip (12.5 s of wall time): the finals' latency and the words."""
+    out = tmp_path / "out"
+    done = run_cli("bench", "--bundle", tiny_bundle, "--clips", clip_folder(tmp_path), "--mode", "stream",
+                   "--streams", "2", "--power", "none", "--out", out, "--threads", "2")
+    assert done.returncode == 0, done.stderr
+    assert "peer skipped: faster-whisper has no streaming mode" in done.stderr
+    doc = json.loads((out / "bench.json").read_text())
+    (edge,) = doc["runs"]
+    assert doc["settings"]["streams"] == 2 and [c["name"] for c in edge["clips"]] == ["stream-0", "stream-1"]
+    assert edge["wer"] == 0.0 and all(c["wer"] == 0.0 for c in edge["clips"])
+    latency = edge["latency"]
+    assert len(latency["values_s"]) >= 2 and latency["kept_up"] is True
+    # A final cannot come before the pause that ends the utterance (min_silence 250 ms) has been heard.
+    assert 0.25 <= latency["p50_s"] <= latency["p90_s"] <= latency["p99_s"] <= latency["max_s"]
+    assert edge["audio_s"] == pytest.approx(2 * 12.5, abs=0.05)
+    assert sum(c["seconds"] for c in edge["clips"]) == pytest.approx(edge["seconds"])
+    assert "p50 ms" in (out / "bench.md").read_text()
