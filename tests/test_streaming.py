@@ -256,9 +256,10 @@ def test_jsonl_has_partials_and_finals_with_the_promised_keys(tiny_bundle, vad_m
     assert events
     for event in events:
         assert event["type"] in ("partial", "final"), event
-        keys = {"type", "start", "end", "text"} | ({"unstable"} if event["type"] == "partial" else set())
+        keys = {"type", "start", "end", "text"} | ({"unstable"} if event["type"] == "partial" else {"speech_end"})
         assert set(event) == keys, event
         assert 0 <= event["start"] <= event["end"] <= 11.0, event
+        assert event["type"] == "partial" or event["start"] < event["speech_end"] <= event["end"], event
     finals = [e["text"] for e in events if e["type"] == "final"]
     assert finals and wer(JFK_TEXT, " ".join(finals)) <= 10, finals
 

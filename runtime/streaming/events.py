@@ -22,6 +22,8 @@ class StreamEvent:
         event = {"type": self.type, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
         if self.type == "partial":
             event["unstable"] = self.unstable
+        else:  # where the speech stopped: a client measures its latency from here
+            event["speech_end"] = round(self.voiced_end, 3)
         return json.dumps(event, ensure_ascii=False)
 
 

@@ -89,11 +89,13 @@ class StreamRecognizer:
         self._next_partial = 0  # stream sample at which the next partial is due
         self._partials_shown = False
 
-    def push(self, samples: np.ndarray) -> list[StreamEvent]:
-        """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete."""
+    def push(self, samples: np.ndarray, partials: bool = True) -> list[StreamEvent]:
+        """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete.
+        partials=False skips a partial that is due (a scheduler behind real time sheds them)."""
         self.mel.push(samples)
         events = self._handle(self.segmenter.push(samples))
-        events.extend(self._partial())
+        if partials:
+            events.extend(self._partial())
         return events
 
     def flush(self) -> list[StreamEvent]:

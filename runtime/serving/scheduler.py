@@ -1,0 +1,269 @@
+"""Many streams on one engine: each stream's audio waits in a bounded queue, and one worker thread
+serves the streams in turn, so that no stream starves another and the engine is never entered from
+two threads at once.
+
+Per-stream state (VAD, segmenter, Mel ring, local agreement, prompt) stays per stream, in one
+StreamRecognizer each. A turn gives a stream at most `turn_s` of its queued audio. A stream whose
+oldest queued audio has waited longer than `shed_after_s` gets no partial on that turn: partials are
+previews, finals are the work that must not fall behind.
+
+The VADs are made when the scheduler is, before the engine: onnxruntime sessions made after the
+engine's shared thread pool would run on it, and its idle threads spin after every 32 ms window.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.streaming.events import StreamEvent
+from edge_asr.runtime.streaming.recognizer import StreamRecognizer
+
+
+class CapacityError(EdgeAsrError):
+    pass
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    max_streams: int = 8
+    max_queued_s: float = 10.0  # per stream: push() refuses more (back-pressure on the client)
+    turn_s: float = 1.0  # the most audio one stream gets through the recognizer before the next stream's turn
+    shed_after_s: float = 0.5  # queued this long: finals only, no partials, until the stream catches up
+
+    def validate(self) -> "SchedulerOptions":
+        if self.max_streams < 1:
+            raise EdgeAsrError(f"max_streams must be 1 or more, not {self.max_streams}.")
+        for name in ("max_queued_s", "turn_s", "shed_after_s"):
+            if getattr(self, name) <= 0:
+                raise EdgeAsrError(f"{name} must be positive, not {getattr(self, name)}.")
+        if self.turn_s > self.max_queued_s:
+            raise EdgeAsrError(f"turn_s ({self.turn_s}) cannot exceed max_queued_s ({self.max_queued_s}).")
+        return self
+
+
+@dataclass
+class SchedulerStats:
+    active_streams: int
+    queued_seconds: float  # audio waiting, all streams
+    busy_seconds: float  # cumulative time inside the recognizers
+    audio_seconds: float  # cumulative audio they took: RTF is d(busy) / d(audio)
+    finals: int
+    errors: int
+
+
+class StreamHandle:
+    """One client's stream. push/finish/abort may be called from any thread; the callbacks come from
+    the scheduler's worker thread."""
+
+    def __init__(self, scheduler: "StreamScheduler", stream_id: int, recognizer: StreamRecognizer, vad,
+                 on_events: Callable[[list[StreamEvent]], None], on_error: Callable[[str], None],
+                 on_closed: Callable[[], None]):
+        self.id, self.recognizer, self.vad = stream_id, recognizer, vad
+        self._scheduler = scheduler
+        self.on_events, self.on_error, self.on_closed = on_events, on_error, on_closed
+        self.queue: deque[tuple[float, np.ndarray]] = deque()  # (arrival time, samples)
+        self.queued = 0  # samples
+        self.finishing = self.aborted = self.in_turn = False
+
+    def push(self, samples: np.ndarray) -> bool:
+        """Queues float32 16 kHz samples; False when the queue is full (nothing was queued)."""
+        return self._scheduler._enqueue(self, np.asarray(samples, np.float32))
+
+    def finish(self) -> None:
+        """No more audio: the stream is flushed, its finals delivered, then on_closed() is called."""
+        self._scheduler._finish(self)
+
+    def abort(self) -> None:
+        """The client is gone: its queued audio is dropped and no more callbacks come."""
+        self._scheduler._abort(self)
+
+
+class StreamScheduler:
+    """make_recognizer(vad) gives a stream its recognizer; vads holds one VAD per stream that may be open."""
+
+    def __init__(self, make_recognizer: Callable[[object], StreamRecognizer], vads: list,
+                 options: SchedulerOptions | None = None):
+        self.options = (options or SchedulerOptions()).validate()
+        if len(vads) < self.options.max_streams:
+            raise EdgeAsrError(f"{self.options.max_streams} streams need as many VADs, not {len(vads)}.")
+        self._recognizer = make_recognizer
+        self._free_vads = list(vads)
+        self._streams: dict[int, StreamHandle] = {}
+        self._order: deque[int] = deque()  # round-robin: the stream served last goes to the back
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._next_id = 1
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._busy = self._audio = 0.0
+        self._finals = self._errors = 0
+
+    @property
+    def max_streams(self) -> int:
+        return self.options.max_streams
+
+    def open_stream(self, on_events, on_error, on_closed) -> StreamHandle:
+        with self._lock:
+            if self._stopping:
+                raise CapacityError("The server is shutting down.")
+            if len(self._streams) >= self.max_streams:
+                raise CapacityError(f"server full: {self.max_streams} streams")
+            vad = self._free_vads.pop()
+            vad.reset()
+            handle = StreamHandle(self, self._next_id, self._recognizer(vad), vad, on_events, on_error, on_closed)
+            self._streams[handle.id] = handle
+            self._order.append(handle.id)
+            self._next_id += 1
+            return handle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edge-asr-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finishes every open stream (their finals go out through on_events, then on_closed) and stops."""
+        with self._work:
+            self._stopping = True
+            for handle in self._streams.values():
+                handle.finishing = True
+            self._work.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def stats(self) -> SchedulerStats:
+        with self._lock:
+            queued = sum(h.queued for h in self._streams.values()) / SAMPLE_RATE
+            return SchedulerStats(len(self._streams), queued, self._busy, self._audio, self._finals, self._errors)
+
+    def _enqueue(self, handle: StreamHandle, samples: np.ndarray) -> bool:
+        with self._work:
+            if handle.aborted or handle.finishing:
+                return False
+            if handle.queued + len(samples) > self.options.max_queued_s * SAMPLE_RATE:
+                return False
+            handle.queue.append((time.monotonic(), samples))
+            handle.queued += len(samples)
+            self._work.notify()
+            return True
+
+    def _finish(self, handle: StreamHandle) -> None:
+        with self._work:
+            handle.finishing = True
+            self._work.notify()
+
+    def _abort(self, handle: StreamHandle) -> None:
+        with self._work:
+            handle.aborted = True
+            handle.queue.clear()
+            handle.queued = 0
+            if not handle.in_turn:  # otherwise the worker releases it when the turn ends
+                self._release(handle)
+
+    def _release(self, handle: StreamHandle) -> None:
+        """Under the lock: forget the stream and give its VAD back."""
+        if self._streams.pop(handle.id, None) is not None:
+            self._order.remove(handle.id)
+            self._free_vads.append(handle.vad)
+
+    def _run(self) -> None:
+        while True:
+            with self._work:
+                handle = self._next_turn()
+                while handle is None:
+                    if self._stopping and not self._streams:
+                        return
+                    self._work.wait(0.5)
+                    handle = self._next_turn()
+                chunk, waited = self._take(handle)
+                handle.in_turn = True
+            self._turn(handle, chunk, waited)
+
+    def _next_turn(self) -> StreamHandle | None:
+        """Under the lock: the first stream in round-robin order with audio or a finish to process."""
+        for stream_id in self._order:
+            handle = self._streams[stream_id]
+            if handle.queue or handle.finishing:
+                self._order.remove(stream_id)
+                self._order.append(stream_id)
+                return handle
+        return None
+
+    def _take(self, handle: StreamHandle) -> tuple[np.ndarray, float]:
+        """Under the lock: up to turn_s of the stream's queued audio, and how long its oldest part waited."""
+        limit = round(self.options.turn_s * SAMPLE_RATE)
+        waited = time.monotonic() - handle.queue[0][0] if handle.queue else 0.0
+        parts, taken = [], 0
+        while handle.queue and taken < limit:
+            arrived, samples = handle.queue.popleft()
+            if taken + len(samples) > limit:
+                samples, rest = samples[: limit - taken], samples[limit - taken :]
+                handle.queue.appendleft((arrived, rest))
+            parts.append(samples)
+            taken += len(samples)
+        handle.queued -= taken
+        return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), waited
+
+    def _turn(self, handle: StreamHandle, chunk: np.ndarray, waited: float) -> None:
+        """Outside the lock: the recognizer takes the chunk; the events and errors go to the client."""
+        with self._lock:
+            last = handle.finishing and not handle.queue
+        started = time.perf_counter()
+        events, error = [], None
+        try:
+            if len(chunk):
+                events = handle.recognizer.push(chunk, partials=waited <= self.options.shed_after_s)
+            if last:
+                events += handle.recognizer.flush()
+        except Exception as err:  # one utterance's failure must not end the other streams, nor this one
+            error = f"transcription failed, the current utterance is lost: {err}"
+            handle.vad.reset()
+            handle.recognizer = self._recognizer(handle.vad)
+        with self._work:
+            self._busy += time.perf_counter() - started
+            self._audio += len(chunk) / SAMPLE_RATE
+            self._finals += sum(e.type == "final" for e in events)
+            self._errors += error is not None
+            handle.in_turn = False
+            aborted = handle.aborted
+            if aborted or last:
+                self._release(handle)
+        if aborted:
+            return
+        if error is not None:
+            _deliver(handle.on_error, error)
+        if events:
+            _deliver(handle.on_events, events)
+        if last:
+            _deliver(handle.on_closed)
+
+
+def _deliver(callback, *args) -> None:
+    """A client's callback failing (its connection torn down meanwhile) must not stop the worker."""
+    try:
+        callback(*args)
+    except Exception as err:
+        print(f"edge-asr: a stream's callback failed: {err}", file=sys.stderr)
+
+
+def build_scheduler(bundle, args) -> StreamScheduler:
+    """The scheduler `edge-asr serve` runs: the model and VAD options of `edge-asr stream`."""
+    from edge_asr.runtime.streaming.stream_command import stream_options
+    from edge_asr.runtime.streaming.vad import SileroVad
+    from edge_asr.runtime.transcriber import Transcriber
+
+    options = SchedulerOptions(max_streams=args.max_streams).validate()
+    streaming = stream_options(args).validate()  # a bad option is refused before anything loads
+    vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
+    transcriber = Transcriber(bundle, threads=args.threads)
+    decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
+    return StreamScheduler(partial(StreamRecognizer, transcriber.engine, transcriber.tokenizer,
+                                   transcribe_options=decoding, options=streaming), vads, options)

@@ -1,0 +1,184 @@
+"""The stream scheduler: turns in round-robin, bounded queues, load shedding, errors kept to one stream."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.serving.scheduler import CapacityError, SchedulerOptions, StreamScheduler
+from edge_asr.runtime.streaming.events import StreamEvent
+
+
+class FakeVad:
+    def __init__(self):
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+
+
+class FakeRecognizer:
+    """Finals say how many samples the recognizer has heard; a NaN sample is an engine failure."""
+
+    log: list  # (recognizer name, samples, partials) per push, shared by all recognizers of a test
+
+    def __init__(self, vad, name, log):
+        self.vad, self.name, self.log, self.heard = vad, name, log, 0
+
+    def push(self, samples, partials=True):
+        self.log.append((self.name, len(samples), partials))
+        if np.isnan(samples).any():
+            raise RuntimeError("engine exploded")
+        self.heard += len(samples)
+        return [StreamEvent("final", 0.0, self.heard / SAMPLE_RATE, f"{self.name} heard {self.heard}")]
+
+    def flush(self):
+        return [StreamEvent("final", 0.0, self.heard / SAMPLE_RATE, f"{self.name} flushed at {self.heard}")]
+
+
+class Client:
+    """What a server connection would do with the callbacks: keep everything, say when closed."""
+
+    def __init__(self):
+        self.events, self.errors, self.closed = [], [], threading.Event()
+
+    def open(self, scheduler):
+        return scheduler.open_stream(self.events.extend, self.errors.append, self.closed.set)
+
+
+def make_scheduler(max_streams=2, **options):
+    log, names = [], iter(f"r{i}" for i in range(100))
+    vads = [FakeVad() for _ in range(max_streams)]
+    scheduler = StreamScheduler(lambda vad: FakeRecognizer(vad, next(names), log), vads,
+                                SchedulerOptions(max_streams=max_streams, **options))
+    return scheduler, log, vads
+
+
+def seconds(s: float) -> np.ndarray:
+    return np.zeros(round(s * SAMPLE_RATE), np.float32)
+
+
+def test_finish_flushes_and_closes_after_the_finals():
+    scheduler, log, _ = make_scheduler()
+    client = Client()
+    handle = client.open(scheduler)
+    scheduler.start()
+    assert handle.push(seconds(0.5))
+    handle.finish()
+    assert client.closed.wait(5)
+    assert [e.text for e in client.events] == ["r0 heard 8000", "r0 flushed at 8000"]
+    stats = scheduler.stats()
+    assert (stats.active_streams, stats.audio_seconds, stats.finals, stats.errors) == (0, 0.5, 2, 0)
+    assert not handle.push(seconds(0.1))  # a finished stream takes no more audio
+    scheduler.stop()
+
+
+def test_capacity_and_vads_come_back():
+    scheduler, _, vads = make_scheduler(max_streams=2)
+    first, second = Client().open(scheduler), Client().open(scheduler)
+    with pytest.raises(CapacityError, match="server full: 2 streams"):
+        Client().open(scheduler)
+    first.abort()
+    third = Client().open(scheduler)  # the aborted stream's VAD, reset for the new stream
+    assert third.vad is first.vad and first.vad.resets == 2
+    assert {second.vad, third.vad} == set(vads)
+
+
+def test_a_full_queue_pushes_back():
+    scheduler, _, _ = make_scheduler(max_queued_s=2.0, turn_s=1.0)
+    handle = Client().open(scheduler)
+    assert handle.push(seconds(1.5))
+    assert not handle.push(seconds(0.6))  # 2.1 s would be queued: refused, nothing queued
+    assert handle.push(seconds(0.5))
+    assert scheduler.stats().queued_seconds == pytest.approx(2.0)
+
+
+def test_turns_go_round_so_a_long_backlog_does_not_starve_a_short_one():
+    scheduler, log, _ = make_scheduler(turn_s=1.0, shed_after_s=60)
+    long, short = Client(), Client()
+    long_handle, short_handle = long.open(scheduler), short.open(scheduler)
+    long_handle.push(seconds(4.0))
+    short_handle.push(seconds(1.0))
+    long_handle.finish()
+    short_handle.finish()
+    scheduler.start()
+    assert long.closed.wait(5) and short.closed.wait(5)
+    assert [(name, n) for name, n, _ in log] == [("r0", 16000), ("r1", 16000), ("r0", 16000), ("r0", 16000),
+                                                ("r0", 16000)]
+    scheduler.stop()
+
+
+def test_a_stream_behind_real_time_sheds_partials():
+    scheduler, log, _ = make_scheduler(shed_after_s=0.05)
+    client = Client()
+    handle = client.open(scheduler)
+    handle.push(seconds(0.2))
+    time.sleep(0.1)  # the audio has now waited longer than shed_after_s
+    scheduler.start()
+    handle.finish()
+    assert client.closed.wait(5)
+    handle = client.open(scheduler)
+    handle.push(seconds(0.2))  # served at once: partials allowed
+    handle.finish()
+    scheduler.stop()
+    assert [partials for _, _, partials in log] == [False, True]
+
+
+def test_an_engine_error_stays_with_its_stream():
+    scheduler, log, _ = make_scheduler()
+    broken, healthy = Client(), Client()
+    broken_handle, healthy_handle = broken.open(scheduler), healthy.open(scheduler)
+    scheduler.start()
+    broken_handle.push(np.full(100, np.nan, np.float32))
+    healthy_handle.push(seconds(0.25))
+    broken_handle.push(seconds(0.25))  # the stream goes on with a fresh recognizer
+    broken_handle.finish()
+    healthy_handle.finish()
+    assert broken.closed.wait(5) and healthy.closed.wait(5)
+    assert broken.errors and "engine exploded" in broken.errors[0] and not healthy.errors
+    assert [e.text for e in healthy.events] == ["r1 heard 4000", "r1 flushed at 4000"]
+    assert broken.events[-1].text == "r2 flushed at 4000"
+    assert scheduler.stats().errors == 1
+    scheduler.stop()
+
+
+def test_an_aborted_stream_gets_no_more_callbacks():
+    scheduler, _, vads = make_scheduler()
+    gone, staying = Client(), Client()
+    gone_handle, staying_handle = gone.open(scheduler), staying.open(scheduler)
+    gone_handle.push(seconds(1.0))
+    gone_handle.abort()
+    staying_handle.push(seconds(0.5))
+    staying_handle.finish()
+    scheduler.start()
+    assert staying.closed.wait(5)
+    assert gone.events == [] and not gone.closed.is_set()
+    assert scheduler.stats().active_streams == 0
+    scheduler.stop()
+
+
+def test_stop_sends_the_finals_of_every_open_stream():
+    scheduler, _, _ = make_scheduler()
+    clients = [Client(), Client()]
+    handles = [c.open(scheduler) for c in clients]
+    scheduler.start()
+    for handle in handles:
+        handle.push(seconds(0.5))
+    scheduler.stop()
+    for client in clients:
+        assert client.closed.is_set() and "flushed at 8000" in client.events[-1].text
+    with pytest.raises(CapacityError, match="shutting down"):
+        Client().open(scheduler)
+
+
+def test_options_are_validated():
+    with pytest.raises(EdgeAsrError, match="max_streams"):
+        SchedulerOptions(max_streams=0).validate()
+    with pytest.raises(EdgeAsrError, match="cannot exceed"):
+        SchedulerOptions(turn_s=5, max_queued_s=2).validate()
+    with pytest.raises(EdgeAsrError, match="as many VADs"):
+        StreamScheduler(lambda vad: None, [FakeVad()], SchedulerOptions(max_streams=2))
