@@ -135,6 +135,9 @@ def test_an_engine_error_stays_with_its_stream():
     scheduler.start()
     broken_handle.push(np.full(100, np.nan, np.float32))
     healthy_handle.push(seconds(0.25))
+    deadline = time.monotonic() + 5
+    while not broken.errors and time.monotonic() < deadline:
+        time.sleep(0.01)
     broken_handle.push(seconds(0.25))  # the stream goes on with a fresh recognizer
     broken_handle.finish()
     healthy_handle.finish()
@@ -175,9 +178,28 @@ def test_stop_sends_the_finals_of_every_open_stream():
         Client().open(scheduler)
 
 
+def test_workers_serve_streams_at_once_but_never_one_stream_twice():
+    scheduler, log, _ = make_scheduler(max_streams=3, workers=3, turn_s=0.1, shed_after_s=60)
+    clients = [Client() for _ in range(3)]
+    handles = [c.open(scheduler) for c in clients]
+    for handle in handles:
+        for _ in range(5):
+            handle.push(seconds(0.1))
+        handle.finish()
+    scheduler.start()
+    for client in clients:
+        assert client.closed.wait(5)
+    for i, client in enumerate(clients):  # each recognizer saw its stream's blocks in order, all of them
+        assert [e.text for e in client.events][-1] == f"r{i} flushed at 8000"
+        assert [e.text for e in client.events][:-1] == [f"r{i} heard {1600 * k}" for k in range(1, 6)]
+    scheduler.stop()
+
+
 def test_options_are_validated():
     with pytest.raises(EdgeAsrError, match="max_streams"):
         SchedulerOptions(max_streams=0).validate()
+    with pytest.raises(EdgeAsrError, match="workers"):
+        SchedulerOptions(workers=0).validate()
     with pytest.raises(EdgeAsrError, match="cannot exceed"):
         SchedulerOptions(turn_s=5, max_queued_s=2).validate()
     with pytest.raises(EdgeAsrError, match="as many VADs"):

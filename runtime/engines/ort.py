@@ -45,15 +45,17 @@ def helper_session_options() -> ort.SessionOptions:
 
 
 def _layer_values(name: str, stacked: np.ndarray) -> dict[str, ort.OrtValue]:
-    """One OrtValue per layer, each a view of ``stacked`` (onnxruntime shares CPU numpy memory).
+    """One OrtValue per layer, each a view of ``stacked[layer]`` (onnxruntime shares CPU numpy memory).
 
     Plain numpy feeds are copied on every run: at batch 5 that was half of a tiny.en decoder step.
-    A view that is not C-contiguous would be copied once, silently, and later writes to the cache
-    would never reach the graph; so every stacked array here is made contiguous first.
+    A layer view that is not C-contiguous would be copied once, silently, and later writes to the
+    cache would never reach the graph; so every layer view must be contiguous (``stacked`` itself may
+    be a range of rows of a larger pool, as the serving step batcher makes).
     """
-    if not stacked.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous to be shared with onnxruntime")
-    return {f"{name}_{layer}": ort.OrtValue.ortvalue_from_numpy(stacked[layer]) for layer in range(len(stacked))}
+    layers = [stacked[layer] for layer in range(len(stacked))]
+    if not all(view.flags.c_contiguous for view in layers):
+        raise ValueError(f"each layer of {name} must be C-contiguous to be shared with onnxruntime")
+    return {f"{name}_{layer}": ort.OrtValue.ortvalue_from_numpy(view) for layer, view in enumerate(layers)}
 
 
 def _rows(stacked: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -38,10 +38,12 @@ class SchedulerOptions:
     max_queued_s: float = 10.0  # per stream: push() refuses more (back-pressure on the client)
     turn_s: float = 1.0  # the most audio one stream gets through the recognizer before the next stream's turn
     shed_after_s: float = 0.5  # queued this long: finals only, no partials, until the stream catches up
+    workers: int = 1  # streams served at once; above 1 their decoder steps can share engine calls (StepBatcher)
 
     def validate(self) -> "SchedulerOptions":
-        if self.max_streams < 1:
-            raise EdgeAsrError(f"max_streams must be 1 or more, not {self.max_streams}.")
+        for name in ("max_streams", "workers"):
+            if getattr(self, name) < 1:
+                raise EdgeAsrError(f"{name} must be 1 or more, not {getattr(self, name)}.")
         for name in ("max_queued_s", "turn_s", "shed_after_s"):
             if getattr(self, name) <= 0:
                 raise EdgeAsrError(f"{name} must be positive, not {getattr(self, name)}.")
@@ -103,7 +105,7 @@ class StreamScheduler:
         self._work = threading.Condition(self._lock)
         self._next_id = 1
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._busy = self._audio = 0.0
         self._finals = self._errors = 0
 
@@ -126,8 +128,10 @@ class StreamScheduler:
             return handle
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="edge-asr-scheduler", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"edge-asr-worker-{i}", daemon=True)
+                         for i in range(self.options.workers)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """Finishes every open stream (their finals go out through on_events, then on_closed) and stops."""
@@ -135,9 +139,9 @@ class StreamScheduler:
             self._stopping = True
             for handle in self._streams.values():
                 handle.finishing = True
-            self._work.notify()
-        if self._thread is not None:
-            self._thread.join()
+            self._work.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def stats(self) -> SchedulerStats:
         with self._lock:
@@ -188,10 +192,11 @@ class StreamScheduler:
             self._turn(handle, chunk, waited)
 
     def _next_turn(self) -> StreamHandle | None:
-        """Under the lock: the first stream in round-robin order with audio or a finish to process."""
+        """Under the lock: the first stream in round-robin order with audio or a finish to process that
+        no other worker is serving."""
         for stream_id in self._order:
             handle = self._streams[stream_id]
-            if handle.queue or handle.finishing:
+            if (handle.queue or handle.finishing) and not handle.in_turn:
                 self._order.remove(stream_id)
                 self._order.append(stream_id)
                 return handle
@@ -236,6 +241,7 @@ class StreamScheduler:
             aborted = handle.aborted
             if aborted or last:
                 self._release(handle)
+            self._work.notify_all()  # the stream may have more audio for another worker
         if aborted:
             return
         if error is not None:
@@ -256,14 +262,20 @@ def _deliver(callback, *args) -> None:
 
 def build_scheduler(bundle, args) -> StreamScheduler:
     """The scheduler `edge-asr serve` runs: the model and VAD options of `edge-asr stream`."""
+    from edge_asr.runtime.serving.step_batcher import StepBatcher
     from edge_asr.runtime.streaming.stream_command import stream_options
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
-    options = SchedulerOptions(max_streams=args.max_streams).validate()
+    batching = not getattr(args, "no_batching", False)
+    # With batching every stream may be in a turn at once, so that their decoder steps meet in the
+    # StepBatcher; without, one worker serves one utterance at a time.
+    workers = args.max_streams if batching else 1
+    options = SchedulerOptions(max_streams=args.max_streams, workers=workers).validate()
     streaming = stream_options(args).validate()  # a bad option is refused before anything loads
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
+    engine = StepBatcher(transcriber.engine) if batching else transcriber.engine
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
-    return StreamScheduler(partial(StreamRecognizer, transcriber.engine, transcriber.tokenizer,
+    return StreamScheduler(partial(StreamRecognizer, engine, transcriber.tokenizer,
                                    transcribe_options=decoding, options=streaming), vads, options)

@@ -1,0 +1,242 @@
+"""Continuous batching below the engine interface: the decoder steps of many threads, each decoding
+its own utterance, become one engine call per step.
+
+Each thread runs the ordinary decoding code (decoding/decode.py) against a StepBatcher, which looks
+like an engine. A thread's first one-token step moves its rows into a pool shared with the other
+threads whose audio context has the same length: its cache rows (the filled prefix) and its
+cross-attention keys and values are copied into free slots once, and its cache object is re-pointed
+at its slots, so later steps copy nothing. A batcher thread then runs one engine.decode over the
+pool's slots [0, high-water) for every step: rows whose thread has a step waiting get its token at
+its position; the others are passengers, fed <|endoftext|> at the position their next real token
+will overwrite (the cache at and after a row's offset is never attended to), their logits dropped.
+A thread whose decoding ends drops its cache; a finalizer frees its slots, and a new utterance may
+take them at the next step: rows join and leave between steps.
+
+Encoder calls and prompt passes (several tokens a row) go straight to the engine. Shapes stay
+static per pool (the pool's capacity, the audio length), as TensorRT and TVM prefer.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+
+import numpy as np
+
+INITIAL_CAPACITY = 4
+
+
+class _Request:
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray):
+        self.tokens, self.offsets = tokens, offsets
+        self.logits: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _Member:
+    """One thread's decoding in a pool: its slots [start, start + rows) and its next positions."""
+
+    def __init__(self, start: int, rows: int, next_offsets: np.ndarray):
+        self.start, self.rows, self.next_offsets = start, rows, next_offsets
+        self.request: _Request | None = None
+        self.waiting_since = 0.0
+
+
+class _Pool:
+    """The slots of every decoding whose audio context has `frames` positions."""
+
+    def __init__(self, engine, audio, capacity: int):
+        self.engine, self.capacity = engine, capacity
+        dims = engine.dims
+        self.self_shape = (dims.n_text_layer, capacity, dims.n_text_ctx, dims.n_text_state)
+        self.cross_shape = (audio.cross_k.shape[0], capacity, *audio.cross_k.shape[2:])
+        self.self_k, self.self_v = np.zeros(self.self_shape, np.float32), np.zeros(self.self_shape, np.float32)
+        self.cross_k = np.zeros(self.cross_shape, audio.cross_k.dtype)
+        self.cross_v = np.zeros(self.cross_shape, audio.cross_v.dtype)
+        self.members: dict[int, _Member] = {}  # by id() of the member's cache object
+        self.caches: dict[int, weakref.ref] = {}
+        self.running = False
+
+    def high_water(self) -> int:
+        return max((m.start + m.rows for m in self.members.values()), default=0)
+
+    def free_start(self, rows: int) -> int | None:
+        used = np.zeros(self.capacity, bool)
+        for member in self.members.values():
+            used[member.start : member.start + member.rows] = True
+        for start in range(self.capacity - rows + 1):
+            if not used[start : start + rows].any():
+                return start
+        return None
+
+    def grow(self, rows: int) -> None:
+        """Doubles the capacity until `rows` more fit at the end, and re-points every member's cache."""
+        capacity = self.capacity
+        while capacity - self.high_water() < rows:
+            capacity *= 2
+        for name in ("self_k", "self_v", "cross_k", "cross_v"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], capacity, *old.shape[2:]), old.dtype)
+            new[:, : self.capacity] = old
+            setattr(self, name, new)
+        self.capacity = capacity
+        for key, member in self.members.items():
+            cache = self.caches[key]()
+            if cache is not None:
+                self.point(cache, member)
+
+    def point(self, cache, member: _Member) -> None:
+        """Makes the member's cache object a view of its slots: re-initialised over them, it keeps its
+        type and methods (take, write) and the decoding thread that holds it sees nothing change."""
+        rows = slice(member.start, member.start + member.rows)
+        cache.__init__(self.self_k[:, rows], self.self_v[:, rows])
+
+    def view(self, n: int):
+        """Cache and audio context objects over slots [0, n), for one engine call."""
+        from edge_asr.runtime.engines.ort import OrtAudioContext, OrtKVCache
+
+        return OrtKVCache(self.self_k[:, :n], self.self_v[:, :n]), OrtAudioContext(self.cross_k[:, :n], self.cross_v[:, :n])
+
+
+class StepBatcher:
+    """An engine for many threads: their one-token decoder steps run as one batch per step.
+
+    wait_s: how long a step waits for the pool's other rows to ask for theirs before it runs with
+    them as passengers (they are between steps, or done and not yet freed).
+    """
+
+    def __init__(self, engine, wait_s: float = 0.001):
+        self.engine, self.dims, self.wait_s = engine, engine.dims, wait_s
+        self._pools: dict[tuple, _Pool] = {}
+        self._lock = threading.RLock()  # re-entrant: a finalizer may run inside a locked section
+        self._changed = threading.Condition(self._lock)
+        self._encoding = threading.Lock()
+        self._closed = False
+        self.steps = self.rows_stepped = 0  # engine calls, and the rows they served (for the mean batch)
+        self._thread = threading.Thread(target=self._run, name="edge-asr-step-batcher", daemon=True)
+        self._thread.start()
+
+    def encode(self, mel):
+        with self._encoding:  # one at a time: concurrent encoder runs only contend for the same cores
+            return self.engine.encode(mel)
+
+    def new_cache(self, batch: int):
+        return self.engine.new_cache(batch)
+
+    def decode(self, tokens, offsets, cache, audio, select) -> np.ndarray:
+        if tokens.shape[1] != 1 or np.asarray(select).shape[1] != 1:  # a prompt pass: alone, straight through
+            return self.engine.decode(tokens, offsets, cache, audio, select)
+        offsets = np.asarray(offsets, np.int64)
+        request = _Request(np.asarray(tokens[:, 0], np.int64), offsets)
+        with self._changed:
+            pool, member = self._member(cache, audio, offsets)
+            member.request, member.waiting_since = request, time.monotonic()
+            self._changed.notify_all()
+            while not request.done:
+                self._changed.wait()
+        if request.error is not None:
+            raise request.error
+        return request.logits
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def _member(self, cache, audio, offsets: np.ndarray) -> tuple[_Pool, _Member]:
+        """Under the lock: the cache's member, joining its pool (copying its rows in) on its first step."""
+        key = (audio.cross_k.shape[0], *audio.cross_k.shape[2:])
+        pool = self._pools.get(key)
+        if pool is not None and id(cache) in pool.members and pool.caches[id(cache)]() is cache:
+            return pool, pool.members[id(cache)]
+        while pool is not None and pool.running:  # the slots may not move under a running step
+            self._changed.wait()
+        if pool is None:
+            pool = self._pools[key] = _Pool(self.engine, audio, INITIAL_CAPACITY)
+        rows = cache.batch
+        start = pool.free_start(rows)
+        if start is None:
+            pool.grow(rows)
+            start = pool.high_water()
+        filled = int(offsets.max())
+        slots = slice(start, start + rows)
+        pool.self_k[:, slots, :filled] = cache.self_k[:, :, :filled]
+        pool.self_v[:, slots, :filled] = cache.self_v[:, :, :filled]
+        pool.cross_k[:, slots] = audio.cross_k
+        pool.cross_v[:, slots] = audio.cross_v
+        member = _Member(start, rows, offsets.copy())
+        pool.members[id(cache)] = member
+        pool.caches[id(cache)] = weakref.ref(cache)
+        pool.point(cache, member)
+        weakref.finalize(cache, self._leave, pool, id(cache), member)
+        return pool, member
+
+    def _leave(self, pool: _Pool, key: int, member: _Member) -> None:
+        """The decoding dropped its cache: its slots are free from the next step."""
+        with self._changed:
+            if pool.members.get(key) is member:
+                del pool.members[key]
+                del pool.caches[key]
+                self._changed.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                pool = self._due()
+                while pool is None:
+                    if self._closed:
+                        return
+                    self._changed.wait(self._next_deadline())
+                    pool = self._due()
+                tokens, offsets, members, n = self._batch(pool)
+                pool.running = True
+            cache, audio = pool.view(n)
+            select = np.zeros((n, 1), np.int64)
+            try:
+                logits, error = self.engine.decode(tokens[:, None], offsets, cache, audio, select), None
+            except Exception as err:  # every waiting thread gets the error, as if it had called alone
+                logits, error = None, err
+            with self._changed:
+                pool.running = False
+                self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + n
+                for member in members:
+                    request, member.request = member.request, None
+                    rows = slice(member.start, member.start + member.rows)
+                    request.logits = None if logits is None else logits[rows]
+                    request.error, request.done = error, True
+                    member.next_offsets = request.offsets + 1
+                self._changed.notify_all()
+
+    def _due(self) -> _Pool | None:
+        """Under the lock: a pool whose members all wait for a step, or whose first waiter waited wait_s."""
+        now = time.monotonic()
+        for pool in self._pools.values():
+            waiting = [m for m in pool.members.values() if m.request is not None]
+            if waiting and (len(waiting) == len(pool.members) or now - min(m.waiting_since for m in waiting) >= self.wait_s):
+                return pool
+        return None
+
+    def _next_deadline(self) -> float | None:
+        waits = [m.waiting_since for p in self._pools.values() for m in p.members.values() if m.request is not None]
+        return max(0.0, min(waits) + self.wait_s - time.monotonic()) if waits else None
+
+    @staticmethod
+    def _batch(pool: _Pool) -> tuple[np.ndarray, np.ndarray, list[_Member], int]:
+        """Under the lock: every slot up to the high-water mark, waiting rows with their tokens, the rest
+        as passengers at their next position (free slots at 0), fed token 0: their logits are dropped."""
+        n = pool.high_water()
+        tokens, offsets = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        waiting = []
+        for member in pool.members.values():
+            rows = slice(member.start, member.start + member.rows)
+            if member.request is not None:
+                tokens[rows], offsets[rows] = member.request.tokens, member.request.offsets
+                waiting.append(member)
+            else:
+                offsets[rows] = member.next_offsets
+        return tokens, offsets, waiting, n
