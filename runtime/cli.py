@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from edge_asr.benchmarks.bench_command import add_bench_parser
+from edge_asr.benchmarks.loadtest import add_loadtest_parser
 from edge_asr.runtime.bundle import PRECISIONS
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
+from edge_asr.runtime.serving.serve_command import add_serve_parser
 from edge_asr.runtime.streaming.recognizer import StreamOptions
 from edge_asr.runtime.streaming.segmenter import VadOptions
 
@@ -39,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     add_stream_parser(commands)
+    add_serve_parser(commands, _add_model_arguments, _add_stream_options)
     add_bench_parser(commands, _add_model_arguments)
+    add_loadtest_parser(commands, _add_model_arguments)
 
     co = commands.add_parser("compile", help="compile a checkpoint into a bundle",
                              description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]).")
@@ -64,7 +68,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_stream_parser(commands) -> None:
-    defaults_vad, defaults = VadOptions(), StreamOptions()
     st = commands.add_parser(
         "stream", help="live transcription of a microphone, a file or stdin",
         description="Transcribe live audio as it arrives: Silero VAD finds the speech, partial text appears "
@@ -84,7 +87,13 @@ def add_stream_parser(commands) -> None:
                     help="text: finals as lines, with a live partial line on a terminal; jsonl: one "
                     '{"type": "partial"|"final", "start", "end", "text"} object a line (default: %(default)s)')
     _add_model_arguments(st)
-    vad = st.add_argument_group("voice activity detection")
+    _add_stream_options(st)
+
+
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """VAD, partials and encoder context: how `stream` and `serve` turn audio into events."""
+    defaults_vad, defaults = VadOptions(), StreamOptions()
+    vad = parser.add_argument_group("voice activity detection")
     vad.add_argument("--vad-model", type=Path, metavar="FILE",
                      help="Silero VAD ONNX file (default: $EDGE_ASR_VAD_MODEL, else the installed silero-vad)")
     for flag, name, kind, metavar, meaning in (
@@ -96,11 +105,11 @@ def add_stream_parser(commands) -> None:
     ):
         vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults_vad, name), metavar=metavar,
                          help=f"{meaning} (default: %(default)s)")
-    st.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
-                    help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
-    st.add_argument("--encoder-context", choices=("utterance", "full"), default=defaults.encoder_context,
-                    help="utterance: encode the utterance plus 1 s (at least 15 s); full: always 30 s, "
-                    "as offline (default: %(default)s)")
+    parser.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
+                        help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
+    parser.add_argument("--encoder-context", choices=("utterance", "full"), default=defaults.encoder_context,
+                        help="utterance: encode the utterance plus 1 s (at least 15 s); full: always 30 s, "
+                        "as offline (default: %(default)s)")
 
 
 def _expand_shorthands(argv: list[str]) -> list[str]:
@@ -117,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             return _compile(args)
         if args.command == "stream":
             return _stream(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "loadtest":
+            from edge_asr.benchmarks import loadtest
+
+            return loadtest.run(args)
         return _transcribe(args)
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
@@ -151,6 +166,12 @@ def _stream(args) -> int:
         return 0
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return stream_command.stream(bundle, args)
+
+
+def _serve(args) -> int:
+    from edge_asr.runtime.serving import serve_command
+
+    return serve_command.serve(args, lambda: args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision))
 
 
 def _bench(args) -> int:

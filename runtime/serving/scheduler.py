@@ -267,7 +267,7 @@ def build_scheduler(bundle, args) -> StreamScheduler:
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
-    batching = not getattr(args, "no_batching", False)
+    batching = not args.no_batching
     # With batching every stream may be in a turn at once, so that their decoder steps meet in the
     # StepBatcher; without, one worker serves one utterance at a time.
     workers = args.max_streams if batching else 1

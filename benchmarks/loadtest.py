@@ -1,0 +1,534 @@
+"""`edge-asr loadtest`: N concurrent real-time clients against an `edge-asr serve` WebSocket server.
+
+Each client plays the clips, joined by 1.5 s of faint noise (benchmarks/realtime_play.py), as a
+microphone would: one chunk of S16_LE PCM every chunk duration, each due at its place in real time
+from the stream's start, so that a late send does not push the later ones back. The streams start up
+to STAGGER_S apart (seeded) so that their pauses, and so their finals, do not all fall at once.
+
+A final's latency is its arrival less the moment its speech ended: the stream's start plus the
+event's speech_end. A stream kept up when its `closed` event came within CLOSE_WITHIN_S of its last
+audio and the client itself never sent a chunk more than KEPT_UP_LAG_S after it was due; the second
+is reported apart ("client lag") so that a client starved of CPU on a saturated machine is not blamed
+on the server. `--find-max` searches the largest N whose p90 stays within --max-p90 with every stream
+kept up.
+
+Without --url the server is started here as a child (`edge-asr serve` with the model options) and
+stopped with SIGTERM at the end.
+
+    python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--no-batching] [--seconds 30]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import errno
+import importlib.util
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_asr.benchmarks.bench_command import _positive, _require_scoring
+from edge_asr.benchmarks.bench_run import latency_figures
+from edge_asr.benchmarks.clips import Clip, developer_clips, folder_clips
+from edge_asr.benchmarks.machine import machine_record
+from edge_asr.benchmarks.realtime_play import BLOCK, KEPT_UP_LAG_S, speech_stream
+from edge_asr.benchmarks.report import Column, _num, _table, write_json
+from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.errors import EdgeAsrError
+
+SCHEMA = "edge-asr-loadtest/1"
+CHUNKS_MS = {32: BLOCK, 100: SAMPLE_RATE // 10}  # one VAD window, or what many capture APIs deliver
+STAGGER_S = 1.0  # streams start at seeded random offsets within this
+SEED = 0
+CLOSE_WITHIN_S = 2.0  # the server flushes its last finals and says `closed` within this after the last audio
+DRAIN_TIMEOUT_S = 60.0  # after that, a stream that never got `closed` is given up
+OPEN_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 900.0  # the first use of a --model compiles it
+STOP_TIMEOUT_S = 10.0
+
+
+class LoadtestError(EdgeAsrError):
+    pass
+
+
+DESCRIPTION = (
+    "Play clips at real-time pace over N concurrent WebSocket connections to `edge-asr serve` and report "
+    "each stream's latency from end of speech to final text (p50/p90/p99), the WER when references are "
+    "given, fairness between streams, and whether every stream kept up with real time. --find-max searches "
+    "the largest N that keeps up with a p90 within --max-p90. Without --url an `edge-asr serve` is started "
+    "with the model options and stopped at the end.")
+
+
+def add_loadtest_parser(commands, add_model_arguments) -> None:
+    lt = commands.add_parser("loadtest", help="concurrent real-time streams against `edge-asr serve`",
+                             description=DESCRIPTION)
+    _add_arguments(lt, add_model_arguments)
+
+
+def _add_arguments(parser: argparse.ArgumentParser, add_model_arguments) -> None:
+    parser.add_argument("--streams", type=_positive, default=1, metavar="N",
+                        help="concurrent streams (default: %(default)s; --find-max picks its own)")
+    parser.add_argument("--input", type=Path, metavar="DIR",
+                        help="a folder of audio clips (default: the developer clips)")
+    parser.add_argument("--references", type=Path, metavar="TSV",
+                        help="references, `name<TAB>text` per line (default: DIR/references.tsv)")
+    parser.add_argument("--url", metavar="ws://HOST:PORT/", help="a running server (default: start one here)")
+    parser.add_argument("--token", default=os.environ.get("EDGE_ASR_TOKEN"),
+                        help="bearer token for the server (default: $EDGE_ASR_TOKEN)")
+    parser.add_argument("--find-max", action="store_true",
+                        help="search the largest N with p90 within --max-p90 and every stream kept up")
+    parser.add_argument("--max-p90", type=float, default=1.0, metavar="S",
+                        help="the p90 latency a passing run stays within, seconds (default: %(default)s)")
+    parser.add_argument("--max-streams-to-try", type=_positive, default=32, metavar="N",
+                        help="--find-max tries no more streams than this (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, metavar="S", help="cut each stream's audio to S seconds "
+                        "(no WER then, unless the stream is shorter)")
+    parser.add_argument("--chunk-ms", type=int, choices=sorted(CHUNKS_MS), default=32,
+                        help="audio per message (default: %(default)s)")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="start the server with --no-batching: one utterance at a time (not with --url)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
+    add_model_arguments(parser)
+
+
+def run(args) -> int:
+    clips = folder_clips(args.input, args.references) if args.input else developer_clips()
+    _require_scoring(clips)
+    if importlib.util.find_spec("websockets") is None:
+        raise LoadtestError("the load test needs websockets: pip install 'edge-asr[serve]'.")
+    if args.seconds is not None and args.seconds <= 0:
+        raise LoadtestError(f"--seconds must be above 0, got {args.seconds}.")
+    most = args.max_streams_to_try if args.find_max else args.streams
+    with _server(args, most) as url:
+        def measure(count: int) -> dict:
+            trial = trial_figures(play_trial(url, args.token, stream_plan(clips, count, args.seconds),
+                                             CHUNKS_MS[args.chunk_ms]), args.max_p90)
+            print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
+            return trial
+
+        trials, found = find_max(measure, most) if args.find_max else ([measure(args.streams)], None)
+    doc = document(args, url, clips, trials, found)
+    print(markdown(doc))
+    if args.json:
+        write_json(doc, args.json)
+    return 0
+
+
+# --- the streams ---------------------------------------------------------------------------------------
+
+@dataclass
+class StreamRun:
+    """What one client saw."""
+
+    index: int
+    audio_s: float
+    reference: str | None
+    latencies: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    partials: int = 0
+    errors: list[str] = field(default_factory=list)
+    client_lag_s: float = 0.0  # the latest a chunk was sent after it was due
+    closed_after_s: float | None = None  # from the last audio sent to `closed`; None: it never came
+    closed_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(t for t in self.texts if t)
+
+    @property
+    def client_kept_up(self) -> bool:
+        return self.client_lag_s <= KEPT_UP_LAG_S
+
+    @property
+    def kept_up(self) -> bool:
+        return self.client_kept_up and self.closed_after_s is not None and self.closed_after_s <= CLOSE_WITHIN_S
+
+
+def stream_plan(clips: list[Clip], count: int, seconds: float | None) -> list[tuple[np.ndarray, str | None]]:
+    """Each stream's audio and reference. Stream i starts at clip i mod n, as `edge-asr bench --mode
+    stream` plays them; a stream cut by --seconds has no reference, as its last words are not played."""
+    rng, plan = np.random.default_rng(SEED), []
+    for i in range(count):
+        order = clips[i % len(clips):] + clips[: i % len(clips)]
+        audio = speech_stream(order, rng)
+        whole = seconds is None or len(audio) <= seconds * SAMPLE_RATE
+        reference = " ".join(c.reference for c in order) if whole and all(c.reference for c in order) else None
+        plan.append((audio if whole else audio[: round(seconds * SAMPLE_RATE)], reference))
+    return plan
+
+
+def play_trial(url: str, token: str | None, plan: list[tuple[np.ndarray, str | None]], chunk: int) -> list[StreamRun]:
+    offsets = np.random.default_rng(SEED).uniform(0.0, STAGGER_S, len(plan))
+    return asyncio.run(_play_all(url, token, plan, offsets, chunk))
+
+
+async def _play_all(url: str, token: str | None, plan: list[tuple[np.ndarray, str | None]], offsets: np.ndarray,
+                    chunk: int) -> list[StreamRun]:
+    """All streams in this one event loop; the first that fails to connect ends the others."""
+    tasks = [asyncio.create_task(_play(url, token, i, audio, reference, offset, chunk))
+             for i, ((audio, reference), offset) in enumerate(zip(plan, offsets))]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _play(url: str, token: str | None, index: int, audio: np.ndarray, reference: str | None,
+                offset_s: float, chunk: int) -> StreamRun:
+    from websockets.exceptions import ConnectionClosed
+
+    await asyncio.sleep(offset_s)
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    stream = StreamRun(index, len(pcm) / SAMPLE_RATE, reference)
+    async with await _connect(url, token) as ws:
+        await _ready(ws, url, index)
+        started = time.monotonic()  # audio time 0: each chunk is sent when its last sample would be heard
+        receiving, last_sent = asyncio.create_task(_receive(ws, stream, started)), None
+        try:
+            for stop in range(chunk, len(pcm) + chunk, chunk):
+                due = started + min(stop, len(pcm)) / SAMPLE_RATE
+                await asyncio.sleep(due - time.monotonic())
+                stream.client_lag_s = max(stream.client_lag_s, time.monotonic() - due)
+                await ws.send(pcm[stop - chunk : stop].tobytes())
+            last_sent = time.monotonic()
+            await ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            stream.errors.append("the server closed the stream before the end of its audio")
+        try:
+            closed_at = await asyncio.wait_for(receiving, DRAIN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            stream.errors.append(f"no `closed` event within {DRAIN_TIMEOUT_S:.0f} s of the end")
+            closed_at = None
+        if closed_at is not None and last_sent is not None:
+            stream.closed_after_s = closed_at - last_sent
+    return stream
+
+
+async def _connect(url: str, token: str | None):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+    try:
+        # No compression (PCM does not shrink, and it would cost CPU the server needs); no pings, no proxy.
+        return await connect(url, additional_headers={"Authorization": f"Bearer {token}"} if token else None,
+                             compression=None, ping_interval=None, proxy=None, open_timeout=OPEN_TIMEOUT_S)
+    except InvalidURI:
+        raise LoadtestError(f"{url} is not a WebSocket address; expected ws://HOST:PORT/.") from None
+    except InvalidStatus as err:
+        status = err.response.status_code
+        hint = "; pass --token or set EDGE_ASR_TOKEN" if status in (401, 403) else ""
+        raise LoadtestError(f"the server at {url} refused the connection (HTTP {status}){hint}.") from None
+    except InvalidHandshake as err:
+        raise LoadtestError(f"{url} did not answer as a WebSocket server ({err}).") from None
+    except asyncio.TimeoutError:
+        raise LoadtestError(f"no answer from {url} within {OPEN_TIMEOUT_S:.0f} s.") from None
+    except OSError as err:
+        # asyncio joins the errors of every address it tried (::1, 127.0.0.1) into one OSError.
+        refused = isinstance(err, ConnectionRefusedError) or f"[Errno {errno.ECONNREFUSED}]" in str(err)
+        raise LoadtestError(f"no edge-asr server at {url}: "
+                            f"{'connection refused' if refused else err.strerror or err}.") from None
+
+
+async def _ready(ws, url: str, index: int) -> None:
+    """Waits for the server's first event, `ready`; a refusal (a `closed` event, then code 1013 when the
+    server is full) as one sentence."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        event = json.loads(await ws.recv())
+    except ConnectionClosed:
+        event = {"type": "closed"}
+    if event.get("type") == "ready":
+        return
+    if event.get("type") != "closed":
+        raise LoadtestError(f"the server at {url} began with {event.get('type')!r} instead of `ready`; "
+                            "is it `edge-asr serve`?")
+    await ws.wait_closed()
+    reason = ws.close_reason or event.get("reason") or "no reason given"
+    if ws.close_code == 1013:
+        raise LoadtestError(f"the server at {url} refused stream {index + 1} ({reason}); run fewer --streams "
+                            "or start it with a larger --max-streams.")
+    raise LoadtestError(f"the server at {url} closed stream {index + 1} before it was ready "
+                        f"(code {ws.close_code}: {reason}).")
+
+
+async def _receive(ws, stream: StreamRun, started: float) -> float | None:
+    """Records the stream's events until `closed`; returns when that came, or None when the connection
+    ended without it."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async for message in ws:
+            arrived, event = time.monotonic(), json.loads(message)
+            kind = event.get("type")
+            if kind == "final":
+                stream.latencies.append(arrived - (started + event["speech_end"]))
+                stream.texts.append(event["text"])
+            elif kind == "partial":
+                stream.partials += 1
+            elif kind == "error":
+                stream.errors.append(event.get("message", ""))
+            elif kind == "closed":
+                stream.closed_reason = event.get("reason")
+                return arrived
+    except ConnectionClosed as err:
+        stream.errors.append(f"connection lost: {err}")
+    return None
+
+
+# --- figures -------------------------------------------------------------------------------------------
+
+def trial_figures(streams: list[StreamRun], max_p90_s: float) -> dict:
+    """One run of N streams: the latency of all finals, the worst stream, fairness, WER, who kept up."""
+    rows = [_stream_figures(s) for s in streams]
+    latency = latency_figures([x for s in streams for x in s.latencies], all(s.kept_up for s in streams))
+    p90s = [r["latency"]["p90_s"] for r in rows if r["latency"]]
+    means = [statistics.fmean(s.latencies) for s in streams if s.latencies]
+    scored = [(s.reference, s.text) for s in streams]
+    trial = {
+        "streams": len(streams), "audio_s": statistics.fmean(s.audio_s for s in streams),
+        "finals": sum(len(s.latencies) for s in streams), "latency": latency,
+        "worst_stream_p90_s": max(p90s, default=None),
+        # Jain's index: 1 when every stream waits as long as the others, 1/N when one stream gets all the delay.
+        "jain_mean_latency": sum(means) ** 2 / (len(means) * sum(m * m for m in means)) if any(means) else None,
+        "p90_max_over_min": max(p90s) / min(p90s) if p90s and min(p90s) > 0 else None,
+        "wer": corpus_wer(scored) if all(reference for reference, _ in scored) else None,
+        "kept_up": sum(s.kept_up for s in streams), "client_behind": sum(not s.client_kept_up for s in streams),
+        "partials": sum(s.partials for s in streams), "errors": sum(len(s.errors) for s in streams),
+        "per_stream": rows,
+    }
+    trial["failures"] = _failures(trial, max_p90_s)
+    trial["passes"] = not trial["failures"]
+    return trial
+
+
+def _stream_figures(stream: StreamRun) -> dict:
+    return {"stream": stream.index, "audio_s": stream.audio_s, "finals": len(stream.latencies),
+            "latency": latency_figures(stream.latencies, stream.kept_up),
+            "wer": corpus_wer([(stream.reference, stream.text)]) if stream.reference else None,
+            "text": stream.text, "reference": stream.reference, "partials": stream.partials, "errors": stream.errors,
+            "closed_after_s": stream.closed_after_s, "closed_reason": stream.closed_reason,
+            "client_lag_s": stream.client_lag_s, "kept_up": stream.kept_up}
+
+
+def _failures(trial: dict, max_p90_s: float) -> list[str]:
+    failures, n = [], trial["streams"]
+    if trial["latency"] is None:
+        failures.append("no finals")
+    elif trial["latency"]["p90_s"] > max_p90_s:
+        failures.append(f"p90 {trial['latency']['p90_s']:.2f} s > {max_p90_s:g} s")
+    if trial["kept_up"] < n:
+        failures.append(f"{n - trial['kept_up']}/{n} streams did not keep up")
+    if trial["client_behind"]:
+        failures.append(f"the client itself fell behind on {trial['client_behind']} (machine saturated?)")
+    return failures
+
+
+def find_max(measure: Callable[[int], dict], limit: int) -> tuple[list[dict], int]:
+    """The trials run and the largest N whose trial passes: N doubles from 1 until a trial fails or N
+    reaches limit, then the gap between the last pass and the first failure is bisected. This assumes
+    that more streams never do better, and runs each N once."""
+    trials: list[dict] = []
+
+    def passes(n: int) -> bool:
+        trials.append(measure(n))
+        return trials[-1]["passes"]
+
+    good, bad = 0, None
+    while bad is None and good < limit:
+        n = min(max(2 * good, 1), limit)
+        good, bad = (n, None) if passes(n) else (good, n)
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if passes(mid) else (good, mid)
+    return trials, good
+
+
+# --- the server ----------------------------------------------------------------------------------------
+
+@contextmanager
+def _server(args, max_streams: int) -> Iterator[str]:
+    """The URL to test: --url, or an `edge-asr serve` started here and stopped with SIGTERM on the way out."""
+    if args.url:
+        ignored = [flag for flag, value in (("--bundle", args.bundle), ("--model", args.model),
+                                            ("--threads", args.threads), ("--no-batching", args.no_batching)) if value]
+        if ignored:
+            print(f"loadtest: {', '.join(ignored)} ignored: the server at {args.url} is already running.",
+                  file=sys.stderr)
+        yield args.url
+        return
+    port = _free_port()
+    command = [sys.executable, "-m", "edge_asr.runtime.cli", "serve", *_model_options(args), "--host", "127.0.0.1",
+               "--port", str(port), "--max-streams", str(max_streams), *(["--no-batching"] if args.no_batching else [])]
+    print("loadtest: starting edge-asr serve (the first use of a --model compiles it)", file=sys.stderr, flush=True)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, **({"EDGE_ASR_TOKEN": args.token} if args.token else {})})
+    log = _ServerLog(child)
+    try:
+        yield log.wait_ready(port)
+    finally:
+        child.terminate()
+        try:
+            child.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _model_options(args) -> list[str]:
+    pairs = (("--bundle", args.bundle), ("--model", args.model), ("--precision", args.precision),
+             ("--threads", args.threads))
+    return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _ServerLog:
+    """Reads the child's stderr to its end (so that the pipe never fills): the URL it says it listens on,
+    and its last line, which says why when it dies at start-up."""
+
+    def __init__(self, child: subprocess.Popen):
+        self.child, self.url, self.last_line = child, None, "it printed nothing"
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.child.stderr:
+            if line.strip():
+                self.last_line = line.strip().removeprefix("edge-asr: ")
+            match = re.search(r"(?:listening on|serving) (ws://\S+)", line)
+            if match and self.url is None:
+                self.url = match[1]
+
+    def wait_ready(self, port: int) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.url:
+                return self.url
+            if self.child.poll() is not None:
+                self._thread.join()
+                raise LoadtestError(f"edge-asr serve stopped at start-up (exit status {self.child.returncode}): "
+                                    f"{self.last_line}")
+            if _healthy(port):
+                return f"ws://127.0.0.1:{port}/"
+            time.sleep(0.25)
+        raise LoadtestError(f"edge-asr serve was not ready within {START_TIMEOUT_S:.0f} s.")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+def document(args, url: str, clips: list[Clip], trials: list[dict], found: int | None) -> dict:
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine_record(),
+        "settings": {"url": url, "server": "external" if args.url else "child", "no_batching": args.no_batching,
+                     "bundle": str(args.bundle) if args.bundle else None, "model": args.model,
+                     "precision": args.precision, "threads": args.threads,
+                     "clip_set": str(args.input) if args.input else "developer", "clips": len(clips),
+                     "seconds": args.seconds, "chunk_ms": args.chunk_ms, "stagger_s": STAGGER_S,
+                     "max_p90_s": args.max_p90, "close_within_s": CLOSE_WITHIN_S, "client_lag_limit_s": KEPT_UP_LAG_S},
+        "trials": trials,
+        "find_max": {"streams": found, "max_streams_to_try": args.max_streams_to_try} if found is not None else None,
+    }
+
+
+def _trial_line(trial: dict) -> str:
+    verdict = "pass" if trial["passes"] else "fail: " + "; ".join(trial["failures"])
+    return (f"{trial['streams']} streams: p90 {_ms((trial['latency'] or {}).get('p90_s'))} ms, "
+            f"{trial['kept_up']}/{trial['streams']} kept up: {verdict}")
+
+
+def _ms(seconds: float | None) -> str:
+    return _num(seconds, ".0f", 1000.0)
+
+
+PERCENTILE_COLUMNS: list[Column] = [(f"{p} ms", lambda row, p=p: _ms((row["latency"] or {}).get(f"{p}_s")))
+                                    for p in ("p50", "p90", "p99")]
+TRIAL_COLUMNS: list[Column] = [
+    ("streams", lambda t: str(t["streams"])), ("kept up", lambda t: f"{t['kept_up']}/{t['streams']}"),
+    ("client behind", lambda t: str(t["client_behind"])), ("finals", lambda t: str(t["finals"])),
+    *PERCENTILE_COLUMNS, ("worst stream p90 ms", lambda t: _ms(t["worst_stream_p90_s"])),
+    ("Jain", lambda t: _num(t["jain_mean_latency"], ".3f")),
+    ("p90 max/min", lambda t: _num(t["p90_max_over_min"], ".2f")),
+    ("WER %", lambda t: _num(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
+    ("errors", lambda t: str(t["errors"])), ("passes", lambda t: "yes" if t["passes"] else "no"),
+]
+STREAM_COLUMNS: list[Column] = [
+    ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),
+    ("finals", lambda r: str(r["finals"])), *PERCENTILE_COLUMNS,
+    ("WER %", lambda r: _num(r["wer"], ".2f")), ("closed after s", lambda r: _num(r["closed_after_s"], ".2f")),
+    ("client lag ms", lambda r: _ms(r["client_lag_s"])), ("kept up", lambda r: "yes" if r["kept_up"] else "no"),
+]
+
+
+def markdown(doc: dict) -> str:
+    """The trials as one table; the streams of a single run as another; --find-max's answer."""
+    s, trials = doc["settings"], doc["trials"]
+    blocks = [
+        f"# edge-asr loadtest, {doc['created']}",
+        f"{s['url']} ({'--no-batching, ' if s['no_batching'] else ''}{s['server']} server); {s['clips']} clips "
+        f"({s['clip_set']}), {trials[0]['audio_s']:.1f} s a stream, {s['chunk_ms']} ms chunks, starts within "
+        f"{s['stagger_s']:g} s. A run passes with p90 <= {s['max_p90_s']:g} s and every stream kept up: `closed` "
+        f"within {s['close_within_s']:g} s of its last audio, and the client never {s['client_lag_limit_s']:g} s "
+        "behind (client behind: the client fell behind, not the server).",
+        "\n".join(_table(TRIAL_COLUMNS, trials)),
+    ]
+    if doc["find_max"] is not None:
+        blocks.append(_answer(doc["find_max"]["streams"], trials, s["max_p90_s"]))
+    else:
+        blocks.append("\n".join(_table(STREAM_COLUMNS, trials[0]["per_stream"])))
+    return "\n\n".join(blocks)
+
+
+def _answer(found: int, trials: list[dict], max_p90_s: float) -> str:
+    first_failure = min((t for t in trials if not t["passes"]), key=lambda t: t["streams"], default=None)
+    answer = f"Largest number of real-time streams with p90 <= {max_p90_s:g} s and every stream kept up: **{found}**"
+    if first_failure is None:
+        return f"{answer} (the most tried; raise --max-streams-to-try to try more)."
+    return f"{answer} ({first_failure['streams']}: {'; '.join(first_failure['failures'])})."
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge_asr.runtime.cli import _add_model_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m edge_asr.benchmarks.loadtest", description=DESCRIPTION)
+    _add_arguments(parser, _add_model_arguments)
+    try:
+        return run(parser.parse_args(argv))
+    except EdgeAsrError as err:
+        print(f"edge-asr: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""`edge-asr loadtest` against a fake in-process server that speaks the `edge-asr serve` protocol, so that
+the latencies it must report are known."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge_asr.benchmarks import loadtest
+from edge_asr.benchmarks.loadtest import find_max, main
+from edge_asr.runtime.audio import SAMPLE_RATE
+
+pytest.importorskip("websockets")
+
+
+class FakeServer:
+    """Reads a stream's audio until `end`, waits delay(connection number, most connections open at once),
+    sends one final whose speech ended lead_s before the audio did, then `closed` after closed_delay_s."""
+
+    def __init__(self, delay: Callable[[int, int], float] = lambda number, peak: 0.0, lead_s: float = 0.0,
+                 closed_delay_s: float = 0.0, text: str = "hello world", refuse: str | None = None,
+                 token: str | None = None):
+        self.delay, self.lead_s, self.closed_delay_s, self.text = delay, lead_s, closed_delay_s, text
+        self.refuse, self.token = refuse, token
+        self.connections = self.open = self.peak = 0
+
+    def check(self, connection, request):
+        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return connection.respond(401, "bad token\n")
+        return None
+
+    async def handle(self, ws) -> None:
+        if self.refuse:  # as `edge-asr serve` refuses: the closed event, then code 1013
+            await ws.send(json.dumps({"type": "closed", "reason": self.refuse}))
+            await ws.close(1013, self.refuse)
+            return
+        number, self.connections, self.open = self.connections, self.connections + 1, self.open + 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await ws.send(json.dumps({"type": "ready", "stream": number, "sample_rate": SAMPLE_RATE,
+                                      "format": "s16le"}))
+            samples = 0
+            async for message in ws:
+                if isinstance(message, bytes):
+                    samples += len(message) // 2
+                elif json.loads(message)["type"] == "end":
+                    break
+            await asyncio.sleep(self.delay(number, self.peak))
+            speech_end = samples / SAMPLE_RATE - self.lead_s
+            await ws.send(json.dumps({"type": "final", "start": 0.0, "end": speech_end, "text": self.text,
+                                      "speech_end": speech_end}))
+            await asyncio.sleep(self.closed_delay_s)
+            await ws.send(json.dumps({"type": "closed", "reason": "end of audio"}))
+        finally:
+            self.open -= 1
+            if self.open == 0:  # a trial is over: the next one counts afresh
+                self.peak = 0
+
+
+@pytest.fixture
+def serve():
+    """serve(FakeServer) -> its URL; the server runs on an event loop of its own thread."""
+    from websockets.asyncio.server import serve as ws_serve
+
+    running = []
+
+    def start(fake: FakeServer) -> str:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        async def opened():
+            return await ws_serve(fake.handle, "127.0.0.1", 0, process_request=fake.check)
+
+        server = asyncio.run_coroutine_threadsafe(opened(), loop).result(5)
+        running.append((loop, thread, server))
+        return f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+    yield start
+    for loop, thread, server in running:
+        async def closed(server=server):
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(closed(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+@pytest.fixture
+def clips(tmp_path) -> Path:
+    """One 0.5 s tone with a reference: a stream plays it and 1.5 s of faint noise, 2 s in all."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE)
+    sf.write(folder / "a.wav", tone.astype(np.float32), SAMPLE_RATE)
+    (folder / "references.tsv").write_text("a\thello there world\n")
+    return folder
+
+
+def loadtest_json(tmp_path: Path, *argv: str) -> dict:
+    out = tmp_path / "loadtest.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_latency_wer_and_fairness(tmp_path, serve, clips, capsys):
+    url = serve(FakeServer(delay=lambda number, peak: 0.2, lead_s=0.3))
+    trial = loadtest_json(tmp_path, "--url", url, "--streams", "3", "--input", str(clips))["trials"][0]
+    for stream in trial["per_stream"]:
+        assert stream["latency"]["values_s"] == [pytest.approx(0.5, abs=0.1)]
+        assert stream["audio_s"] == pytest.approx(2.0) and stream["closed_after_s"] < 0.5
+        assert stream["kept_up"] and stream["client_lag_s"] < 0.2
+    assert trial["wer"] == pytest.approx(100 / 3)  # "hello world" against "hello there world"
+    assert trial["jain_mean_latency"] == pytest.approx(1.0, abs=0.01)
+    assert (trial["kept_up"], trial["client_behind"], trial["errors"], trial["passes"]) == (3, 0, 0, True)
+    assert "| 3 | 3/3 | 0 | 3 |" in capsys.readouterr().out
+
+
+def test_p90_is_over_all_finals_and_fairness_sees_the_spread(tmp_path, serve, clips):
+    url = serve(FakeServer(delay=lambda number, peak: 0.2 + 0.1 * number))
+    trial = loadtest_json(tmp_path, "--url", url, "--streams", "4", "--input", str(clips))["trials"][0]
+    values = sorted(trial["latency"]["values_s"])
+    assert values == [pytest.approx(x, abs=0.08) for x in (0.2, 0.3, 0.4, 0.5)]
+    assert trial["latency"]["p90_s"] == pytest.approx(np.percentile(values, 90))
+    assert trial["worst_stream_p90_s"] == pytest.approx(values[-1])
+    assert trial["p90_max_over_min"] == pytest.approx(2.5, rel=0.3)
+    assert trial["jain_mean_latency"] == pytest.approx(1.96 / (4 * 0.54), abs=0.03)
+
+
+def test_a_late_closed_event_means_the_stream_did_not_keep_up(tmp_path, serve, clips):
+    url = serve(FakeServer(closed_delay_s=3.0))
+    trial = loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "1")["trials"][0]
+    assert trial["per_stream"][0]["closed_after_s"] == pytest.approx(3.0, abs=0.3)
+    assert (trial["kept_up"], trial["client_behind"], trial["passes"]) == (0, 0, False)
+    assert trial["failures"] == ["1/1 streams did not keep up"]
+    assert trial["wer"] is None  # cut by --seconds
+
+
+def test_find_max_against_latency_that_grows_with_the_streams(tmp_path, serve, clips, monkeypatch, capsys):
+    monkeypatch.setattr(loadtest, "STAGGER_S", 0.2)  # every stream is connected before the first one ends
+    url = serve(FakeServer(delay=lambda number, peak: 0.15 * peak))
+    doc = loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "1", "--find-max")
+    assert [t["streams"] for t in doc["trials"]] == [1, 2, 4, 8, 6, 7]
+    assert doc["find_max"]["streams"] == 6
+    captured = capsys.readouterr()
+    assert "kept up: **6** (7: p90 1.0" in captured.out
+    assert len([line for line in captured.err.splitlines() if line.startswith("loadtest: ")]) == 6
+
+
+@pytest.mark.parametrize("passing, trials, found", [
+    (lambda n: n <= 40, [1, 2, 4, 8, 16, 32], 32),
+    (lambda n: n <= 5, [1, 2, 4, 8, 6, 5], 5),
+    (lambda n: False, [1], 0),
+])
+def test_find_max_doubles_then_bisects(passing, trials, found):
+    tried, answer = find_max(lambda n: {"streams": n, "passes": passing(n)}, 32)
+    assert ([t["streams"] for t in tried], answer) == (trials, found)
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_errors_are_one_sentence(serve, clips, capsys):
+    port = refused_port()
+    cases = [
+        ([f"--url=ws://localhost:{port}/"], f"no edge-asr server at ws://localhost:{port}/: connection refused."),
+        (["--url", serve(FakeServer(refuse="server full: 1 streams"))],
+         "refused stream 1 (server full: 1 streams); run fewer --streams or start it with a larger --max-streams."),
+        (["--url", serve(FakeServer(token="secret")), "--token", "wrong"],
+         "refused the connection (HTTP 401); pass --token or set EDGE_ASR_TOKEN."),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--input", str(clips), "--seconds", "0.5"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("edge-asr: ") and err[-1].endswith(message)
+
+
+def test_the_token_comes_from_the_environment(tmp_path, serve, clips, monkeypatch):
+    monkeypatch.setenv("EDGE_ASR_TOKEN", "secret")
+    url = serve(FakeServer(token="secret"))
+    assert loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "0.5")["trials"][0]["passes"]
+
+
+def test_a_server_child_that_dies_at_start_up_says_why(tmp_path, clips, capsys):
+    assert main(["--bundle", str(tmp_path / "no-bundle"), "--input", str(clips)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("edge-asr: edge-asr serve stopped at start-up (exit status ")
+    assert len(err.split("): ", 1)[1]) > 0  # its last stderr line
