@@ -15,7 +15,7 @@ kept up.
 Without --url the server is started here as a child (`edge-asr serve` with the model options) and
 stopped with SIGTERM at the end.
 
-    python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--no-batching] [--seconds 30]
+    python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--workers N] [--seconds 30]
 """
 from __future__ import annotations
 
@@ -100,8 +100,9 @@ def _add_arguments(parser: argparse.ArgumentParser, add_model_arguments) -> None
                         "(no WER then, unless the stream is shorter)")
     parser.add_argument("--chunk-ms", type=int, choices=sorted(CHUNKS_MS), default=32,
                         help="audio per message (default: %(default)s)")
-    parser.add_argument("--no-batching", action="store_true",
-                        help="start the server with --no-batching: one utterance at a time (not with --url)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="start the server with --workers N: 1 serves one utterance at a time, more batch "
+                        "the decoder steps of that many streams (not with --url; default: the server's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
     add_model_arguments(parser)
 
@@ -368,7 +369,7 @@ def _server(args, max_streams: int) -> Iterator[str]:
     """The URL to test: --url, or an `edge-asr serve` started here and stopped with SIGTERM on the way out."""
     if args.url:
         ignored = [flag for flag, value in (("--bundle", args.bundle), ("--model", args.model),
-                                            ("--threads", args.threads), ("--no-batching", args.no_batching)) if value]
+                                            ("--threads", args.threads), ("--workers", args.workers)) if value]
         if ignored:
             print(f"loadtest: {', '.join(ignored)} ignored: the server at {args.url} is already running.",
                   file=sys.stderr)
@@ -376,7 +377,7 @@ def _server(args, max_streams: int) -> Iterator[str]:
         return
     port = _free_port()
     command = [sys.executable, "-m", "edge_asr.runtime.cli", "serve", *_model_options(args), "--host", "127.0.0.1",
-               "--port", str(port), "--max-streams", str(max_streams), *(["--no-batching"] if args.no_batching else [])]
+               "--port", str(port), "--max-streams", str(max_streams), *(["--workers", str(args.workers)] if args.workers else [])]
     print("loadtest: starting edge-asr serve (the first use of a --model compiles it)", file=sys.stderr, flush=True)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, env={**os.environ, **({"EDGE_ASR_TOKEN": args.token} if args.token else {})})
@@ -451,7 +452,7 @@ def document(args, url: str, clips: list[Clip], trials: list[dict], found: int |
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_record(),
-        "settings": {"url": url, "server": "external" if args.url else "child", "no_batching": args.no_batching,
+        "settings": {"url": url, "server": "external" if args.url else "child", "workers": args.workers,
                      "bundle": str(args.bundle) if args.bundle else None, "model": args.model,
                      "precision": args.precision, "threads": args.threads,
                      "clip_set": str(args.input) if args.input else "developer", "clips": len(clips),
@@ -494,9 +495,10 @@ STREAM_COLUMNS: list[Column] = [
 def markdown(doc: dict) -> str:
     """The trials as one table; the streams of a single run as another; --find-max's answer."""
     s, trials = doc["settings"], doc["trials"]
+    workers = f"--workers {s['workers']}, " if s["workers"] else ""
     blocks = [
         f"# edge-asr loadtest, {doc['created']}",
-        f"{s['url']} ({'--no-batching, ' if s['no_batching'] else ''}{s['server']} server); {s['clips']} clips "
+        f"{s['url']} ({workers}{s['server']} server); {s['clips']} clips "
         f"({s['clip_set']}), {trials[0]['audio_s']:.1f} s a stream, {s['chunk_ms']} ms chunks, starts within "
         f"{s['stagger_s']:g} s. A run passes with p90 <= {s['max_p90_s']:g} s and every stream kept up: `closed` "
         f"within {s['close_within_s']:g} s of its last audio, and the client never {s['client_lag_limit_s']:g} s "

@@ -37,7 +37,7 @@ class SchedulerOptions:
     max_streams: int = 8
     max_queued_s: float = 10.0  # per stream: push() refuses more (back-pressure on the client)
     turn_s: float = 1.0  # the most audio one stream gets through the recognizer before the next stream's turn
-    shed_after_s: float = 0.5  # queued this long: finals only, no partials, until the stream catches up
+    shed_after_s: float = 0.3  # audio queued this long anywhere: finals only, no partials, until it is served
     workers: int = 1  # streams served at once; above 1 their decoder steps can share engine calls (StepBatcher)
 
     def validate(self) -> "SchedulerOptions":
@@ -203,9 +203,11 @@ class StreamScheduler:
         return None
 
     def _take(self, handle: StreamHandle) -> tuple[np.ndarray, float]:
-        """Under the lock: up to turn_s of the stream's queued audio, and how long its oldest part waited."""
+        """Under the lock: up to turn_s of the stream's queued audio, and the longest any stream's queued
+        audio has waited: a backlog anywhere means no partial now, so that the finals catch up first."""
         limit = round(self.options.turn_s * SAMPLE_RATE)
-        waited = time.monotonic() - handle.queue[0][0] if handle.queue else 0.0
+        now = time.monotonic()
+        waited = max((now - h.queue[0][0] for h in self._streams.values() if h.queue), default=0.0)
         parts, taken = [], 0
         while handle.queue and taken < limit:
             arrived, samples = handle.queue.popleft()
@@ -267,15 +269,14 @@ def build_scheduler(bundle, args) -> StreamScheduler:
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
-    batching = not args.no_batching
-    # With batching every stream may be in a turn at once, so that their decoder steps meet in the
-    # StepBatcher; without, one worker serves one utterance at a time.
-    workers = args.max_streams if batching else 1
+    # Several workers put several streams in a turn at once, so that their decoder steps meet in the
+    # StepBatcher; one worker serves one utterance at a time, on the engine itself.
+    workers = min(args.workers, args.max_streams)
     options = SchedulerOptions(max_streams=args.max_streams, workers=workers).validate()
     streaming = stream_options(args).validate()  # a bad option is refused before anything loads
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
-    engine = StepBatcher(transcriber.engine) if batching else transcriber.engine
+    engine = StepBatcher(transcriber.engine) if workers > 1 else transcriber.engine
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
     return StreamScheduler(partial(StreamRecognizer, engine, transcriber.tokenizer,
                                    transcribe_options=decoding, options=streaming), vads, options)

@@ -78,9 +78,10 @@ def add_serve_parser(commands, add_model_arguments: Callable, add_stream_options
                     help="largest client message; a larger one closes the connection (default: %(default)s)")
     sv.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="S",
                     help="a client silent this long is closed (default: %(default)s)")
-    sv.add_argument("--no-batching", action="store_true",
-                    help="serve one utterance at a time instead of sharing each decoder step between the "
-                    "streams (for comparison)")
+    sv.add_argument("--workers", type=int, default=SchedulerOptions().workers, metavar="N",
+                    help="1: one utterance at a time; N: up to N streams in a turn at once, their decoder steps "
+                    "batched into shared engine calls (pays on a GPU; on a 2-core CPU 1 served more streams) "
+                    "(default: %(default)s)")
     add_model_arguments(sv)
     add_stream_options(sv)
 
