@@ -27,6 +27,15 @@ def engine(tiny_fp32_bundle):
     return transcriber.engine, transcriber.tokenizer
 
 
+def run_in_threads(run, count: int) -> None:
+    """run(0) .. run(count - 1), each on a thread of its own, all at once."""
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def encoded(engine, audio: np.ndarray, seconds: float):
     mel = LogMelFrontend(engine.dims.n_mels)(audio[: round(seconds * 16000)], padding=N_SAMPLES)[:, :1500]
     return engine.encode(mel[None])
@@ -67,11 +76,7 @@ def test_int8_transcripts_through_the_batcher_equal_direct_ones(tiny_bundle, jfk
     def run(i):
         texts[i] = transcriber.transcribe(pieces[i]).text
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(pieces))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(run, len(pieces))
     batcher.close()
     assert [normalise(t) for t in texts] == [normalise(t) for t in direct]  # the words; punctuation may move
     assert batcher.steps < batcher.rows_stepped
@@ -95,11 +100,7 @@ def concurrent_and_alone(raw, tokenizer, jfk_wav) -> tuple[list[np.ndarray], lis
         results[i] = [batcher.decode(np.array([[t]]), np.array([offset + k]), cache, ctx,
                                      np.zeros((1, 1), np.int64))[0, 0] for k, t in enumerate(steps)]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(run, len(jobs))
     batcher.close()
     assert [len(r) for r in results] == [len(e) for e in expected]
     assert batcher.steps < sum(len(steps) for _, steps in jobs)  # some steps really were shared
