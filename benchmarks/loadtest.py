@@ -394,8 +394,9 @@ def _server(args, max_streams: int) -> Iterator[str]:
 
 
 def _model_options(args) -> list[str]:
+    """The model options of `_add_model_arguments`, passed on to the server this run starts."""
     pairs = (("--bundle", args.bundle), ("--model", args.model), ("--precision", args.precision),
-             ("--threads", args.threads))
+             ("--threads", args.threads), ("--beam", args.beam), ("--language", args.language), ("--task", args.task))
     return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
 
 

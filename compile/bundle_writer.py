@@ -83,6 +83,11 @@ def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:
 
         log(f"quantizing {final.stem} to int8")
         quantize_int8(fp32, final)
+    elif precision == "fp16":
+        from edge_asr.compile.fp16 import convert_fp16
+
+        log(f"converting {final.stem} to fp16")
+        convert_fp16(fp32, final)
     else:
         fp32.rename(final)
     return final

@@ -19,7 +19,7 @@ FORMAT = "edge-asr-bundle"
 FORMAT_VERSION = 2  # 2: the decoder takes its caches one input per layer
 MANIFEST = "manifest.json"
 ROLES = ("encoder", "decoder", "tokenizer")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
