@@ -5,10 +5,11 @@ Each thread runs the ordinary decoding code (decoding/decode.py) against a StepB
 like an engine. A thread's first one-token step moves its rows into a pool shared with the other
 threads whose audio context has the same length: its cache rows (the filled prefix) and its
 cross-attention keys and values are copied into free slots once, and its cache object is re-pointed
-at its slots, so later steps copy nothing. A batcher thread then runs one engine.decode over the
-pool's slots [0, high-water) for every step: rows whose thread has a step waiting get its token at
-its position; the others are passengers, fed <|endoftext|> at the position their next real token
-will overwrite (the cache at and after a row's offset is never attended to), their logits dropped.
+at its slots, so later steps copy nothing. A batcher thread then runs one engine.decode a step over
+the pool's slots from the first to the last row whose thread waits for a step, each at its own
+position; rows in between whose thread is busy elsewhere are passengers, fed a token at the position
+their next real token will overwrite (the cache at and after a row's offset is never attended to),
+their logits dropped.
 A thread whose decoding ends drops its cache; a finalizer frees its slots, and a new utterance may
 take them at the next step: rows join and leave between steps.
 
@@ -92,11 +93,13 @@ class _Pool:
         rows = slice(member.start, member.start + member.rows)
         cache.__init__(self.self_k[:, rows], self.self_v[:, rows])
 
-    def view(self, n: int):
-        """Cache and audio context objects over slots [0, n), for one engine call."""
+    def view(self, first: int, stop: int):
+        """Cache and audio context objects over slots [first, stop), for one engine call."""
         from edge_asr.runtime.engines.ort import OrtAudioContext, OrtKVCache
 
-        return OrtKVCache(self.self_k[:, :n], self.self_v[:, :n]), OrtAudioContext(self.cross_k[:, :n], self.cross_v[:, :n])
+        rows = slice(first, stop)
+        return (OrtKVCache(self.self_k[:, rows], self.self_v[:, rows]),
+                OrtAudioContext(self.cross_k[:, rows], self.cross_v[:, rows]))
 
 
 class StepBatcher:
@@ -113,7 +116,8 @@ class StepBatcher:
         self._changed = threading.Condition(self._lock)
         self._encoding = threading.Lock()
         self._closed = False
-        self.steps = self.rows_stepped = 0  # engine calls, and the rows they served (for the mean batch)
+        # engine calls, the rows they computed, and of those the rows whose thread asked for the step
+        self.steps = self.rows_stepped = self.rows_asked = 0
         self._thread = threading.Thread(target=self._run, name="edge-asr-step-batcher", daemon=True)
         self._thread.start()
 
@@ -193,9 +197,10 @@ class StepBatcher:
                         return
                     self._changed.wait(self._next_deadline())
                     pool = self._due()
-                tokens, offsets, members, n = self._batch(pool)
+                tokens, offsets, members, first = self._batch(pool)
                 pool.running = True
-            cache, audio = pool.view(n)
+            n = len(tokens)
+            cache, audio = pool.view(first, first + n)
             select = np.zeros((n, 1), np.int64)
             try:
                 logits, error = self.engine.decode(tokens[:, None], offsets, cache, audio, select), None
@@ -204,9 +209,10 @@ class StepBatcher:
             with self._changed:
                 pool.running = False
                 self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + n
+                self.rows_asked += sum(m.rows for m in members)
                 for member in members:
                     request, member.request = member.request, None
-                    rows = slice(member.start, member.start + member.rows)
+                    rows = slice(member.start - first, member.start - first + member.rows)
                     request.logits = None if logits is None else logits[rows]
                     request.error, request.done = error, True
                     member.next_offsets = request.offsets + 1
@@ -227,16 +233,18 @@ class StepBatcher:
 
     @staticmethod
     def _batch(pool: _Pool) -> tuple[np.ndarray, np.ndarray, list[_Member], int]:
-        """Under the lock: every slot up to the high-water mark, waiting rows with their tokens, the rest
-        as passengers at their next position (free slots at 0), fed token 0: their logits are dropped."""
-        n = pool.high_water()
-        tokens, offsets = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        waiting = []
+        """Under the lock: the slots from the first to the last waiting row, and the first's index. Rows
+        in between that are not waiting ride along as passengers at their next position (free slots at
+        0), fed token 0: their logits are dropped."""
+        waiting = [m for m in pool.members.values() if m.request is not None]
+        first = min(m.start for m in waiting)
+        stop = max(m.start + m.rows for m in waiting)
+        tokens, offsets = np.zeros(stop - first, np.int64), np.zeros(stop - first, np.int64)
         for member in pool.members.values():
-            rows = slice(member.start, member.start + member.rows)
-            if member.request is not None:
-                tokens[rows], offsets[rows] = member.request.tokens, member.request.offsets
-                waiting.append(member)
-            else:
-                offsets[rows] = member.next_offsets
-        return tokens, offsets, waiting, n
+            if first <= member.start < stop:
+                rows = slice(member.start - first, member.start - first + member.rows)
+                if member.request is not None:
+                    tokens[rows], offsets[rows] = member.request.tokens, member.request.offsets
+                else:
+                    offsets[rows] = member.next_offsets
+        return tokens, offsets, waiting, first
