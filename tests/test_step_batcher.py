@@ -127,7 +127,7 @@ def concurrent_and_alone(raw, tokenizer, jfk_wav) -> tuple[list[np.ndarray], lis
 
 def test_rows_join_and_leave_between_steps(engine, jfk_wav):
     """A's rows leave when its cache is dropped; C takes the freed slots and still gets its own logits,
-    while B, a passenger between its steps, keeps its cache intact."""
+    while B, idle between its steps, keeps its cache intact."""
     raw, tokenizer = engine
     audio = load_audio(jfk_wav)
     prompt = list(tokenizer.sot_sequence("en", "transcribe"))
@@ -144,11 +144,44 @@ def test_rows_join_and_leave_between_steps(engine, jfk_wav):
     c_steps = [batcher.decode(np.array([[t]]), np.array([offset + k]), cache_c, c, zero)[0, 0]
                for k, t in enumerate([400, 523])]
     b_second = batcher.decode(np.array([[523]]), np.array([offset + 1]), cache_b, b, zero)[0, 0]
+    (pool,) = batcher._pools
+    assert sorted(m.start for m in pool.members.values()) == [0, 1]  # C took A's slot
+    del cache_b, cache_c  # the last decodings end: their pool goes too
+    with batcher._changed:
+        batcher._forget_gone()
+        assert batcher._pools == []
     batcher.close()
 
     want_b = alone(raw, tokenizer, b, prompt, [400, 523])
     want_c = alone(raw, tokenizer, c, prompt, [400, 523])
     assert np.abs(b_first - want_b[0]).max() < TOL and np.abs(b_second - want_b[1]).max() < TOL
     assert all(np.abs(g - w).max() < TOL for g, w in zip(c_steps, want_c))
-    pool = next(iter(batcher._pools.values()))
-    assert pool.capacity == 4 and pool.high_water() <= 2  # C reused A's slot
+
+
+class FailsOnce:
+    """The engine, whose first decoder call raises."""
+
+    def __init__(self, engine):
+        self.engine, self.dims, self.failed = engine, engine.dims, False
+
+    def decode(self, *args):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("device lost")
+        return self.engine.decode(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_an_engine_error_reaches_the_caller_and_the_batcher_goes_on(engine, jfk_wav):
+    raw, tokenizer = engine
+    context = encoded(raw, load_audio(jfk_wav), 11.0)
+    prompt = list(tokenizer.sot_sequence("en", "transcribe"))
+    cache, offset = prompted(raw, tokenizer, context, prompt)
+    batcher = StepBatcher(FailsOnce(raw))
+    step = (np.array([[400]]), np.array([offset]), cache, context, np.zeros((1, 1), np.int64))
+    with pytest.raises(RuntimeError, match="device lost"):
+        batcher.decode(*step)
+    assert batcher.decode(*step).shape == (1, 1, raw.dims.n_vocab)
+    batcher.close()

@@ -24,7 +24,10 @@ import weakref
 
 import numpy as np
 
-INITIAL_CAPACITY = 4
+# Slots a pool is made with. Its arrays come from np.zeros, whose pages the OS maps only when written:
+# the capacity costs address space, and memory only for the slots used. A full pool is never grown
+# (growing would move live rows under threads that may be reordering them): another pool is opened.
+POOL_ROWS = 16
 
 
 class _Request:
@@ -45,10 +48,10 @@ class _Member:
 
 
 class _Pool:
-    """The slots of every decoding whose audio context has `frames` positions."""
+    """Slots for decodings whose audio contexts have one shape (`key`)."""
 
-    def __init__(self, engine, audio, capacity: int):
-        self.engine, self.capacity = engine, capacity
+    def __init__(self, engine, audio, key: tuple, capacity: int):
+        self.key, self.capacity = key, capacity
         dims = engine.dims
         self.self_shape = (dims.n_text_layer, capacity, dims.n_text_ctx, dims.n_text_state)
         self.cross_shape = (audio.cross_k.shape[0], capacity, *audio.cross_k.shape[2:])
@@ -59,9 +62,6 @@ class _Pool:
         self.caches: dict[int, weakref.ref] = {}
         self.running = False
 
-    def high_water(self) -> int:
-        return max((m.start + m.rows for m in self.members.values()), default=0)
-
     def free_start(self, rows: int) -> int | None:
         used = np.zeros(self.capacity, bool)
         for member in self.members.values():
@@ -70,22 +70,6 @@ class _Pool:
             if not used[start : start + rows].any():
                 return start
         return None
-
-    def grow(self, rows: int) -> None:
-        """Doubles the capacity until `rows` more fit at the end, and re-points every member's cache."""
-        capacity = self.capacity
-        while capacity - self.high_water() < rows:
-            capacity *= 2
-        for name in ("self_k", "self_v", "cross_k", "cross_v"):
-            old = getattr(self, name)
-            new = np.zeros((old.shape[0], capacity, *old.shape[2:]), old.dtype)
-            new[:, : self.capacity] = old
-            setattr(self, name, new)
-        self.capacity = capacity
-        for key, member in self.members.items():
-            cache = self.caches[key]()
-            if cache is not None:
-                self.point(cache, member)
 
     def point(self, cache, member: _Member) -> None:
         """Makes the member's cache object a view of its slots: re-initialised over them, it keeps its
@@ -111,7 +95,8 @@ class StepBatcher:
 
     def __init__(self, engine, wait_s: float = 0.001):
         self.engine, self.dims, self.wait_s = engine, engine.dims, wait_s
-        self._pools: dict[tuple, _Pool] = {}
+        self._pools: list[_Pool] = []
+        self._gone: list[tuple[_Pool, int, _Member]] = []  # left since the last look, see _leave
         self._lock = threading.RLock()  # re-entrant: a finalizer may run inside a locked section
         self._changed = threading.Condition(self._lock)
         self._encoding = threading.Lock()
@@ -129,9 +114,10 @@ class StepBatcher:
         return self.engine.new_cache(batch)
 
     def decode(self, tokens, offsets, cache, audio, select) -> np.ndarray:
-        if tokens.shape[1] != 1 or np.asarray(select).shape[1] != 1:  # a prompt pass: alone, straight through
-            return self.engine.decode(tokens, offsets, cache, audio, select)
         offsets = np.asarray(offsets, np.int64)
+        # A prompt pass, or a first pass on an empty cache (language detection): alone, straight through.
+        if tokens.shape[1] != 1 or np.asarray(select).shape[1] != 1 or not offsets.any():
+            return self.engine.decode(tokens, offsets, cache, audio, select)
         request = _Request(np.asarray(tokens[:, 0], np.int64), offsets)
         with self._changed:
             pool, member = self._member(cache, audio, offsets)
@@ -139,8 +125,12 @@ class StepBatcher:
             self._changed.notify_all()
             while not request.done:
                 self._changed.wait()
-        if request.error is not None:
-            raise request.error
+        error, request.error = request.error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # else this frame, held by the traceback, holds the error and so the caches
         return request.logits
 
     def close(self) -> None:
@@ -153,20 +143,23 @@ class StepBatcher:
         return getattr(self.engine, name)
 
     def _member(self, cache, audio, offsets: np.ndarray) -> tuple[_Pool, _Member]:
-        """Under the lock: the cache's member, joining its pool (copying its rows in) on its first step."""
+        """Under the lock: the cache's member, joining a pool (copying its rows in) on its first step."""
         key = (audio.cross_k.shape[0], *audio.cross_k.shape[2:])
-        pool = self._pools.get(key)
-        if pool is not None and id(cache) in pool.members and pool.caches[id(cache)]() is cache:
-            return pool, pool.members[id(cache)]
-        while pool is not None and pool.running:  # the slots may not move under a running step
-            self._changed.wait()
-        if pool is None:
-            pool = self._pools[key] = _Pool(self.engine, audio, INITIAL_CAPACITY)
         rows = cache.batch
+        while True:
+            self._forget_gone()
+            pools = [p for p in self._pools if p.key == key]
+            for pool in pools:
+                member = pool.members.get(id(cache))
+                if member is not None and pool.caches[id(cache)]() is cache:
+                    return pool, member
+            with_room = [p for p in pools if p.free_start(rows) is not None]
+            idle = [p for p in with_room if not p.running]  # slots may not be written under a running step
+            if idle or not with_room:
+                break
+            self._changed.wait()
+        pool = idle[0] if idle else self._open_pool(audio, key, rows)
         start = pool.free_start(rows)
-        if start is None:
-            pool.grow(rows)
-            start = pool.high_water()
         filled = int(offsets.max())
         slots = slice(start, start + rows)
         pool.self_k[:, slots, :filled] = cache.self_k[:, :, :filled]
@@ -180,13 +173,26 @@ class StepBatcher:
         weakref.finalize(cache, self._leave, pool, id(cache), member)
         return pool, member
 
+    def _open_pool(self, audio, key: tuple, rows: int) -> _Pool:
+        pool = _Pool(self.engine, audio, key, max(POOL_ROWS, rows))
+        self._pools.append(pool)
+        return pool
+
     def _leave(self, pool: _Pool, key: int, member: _Member) -> None:
-        """The decoding dropped its cache: its slots are free from the next step."""
+        """The decoding dropped its cache. A finalizer runs wherever the last reference went, possibly in
+        the middle of a loop over the members under this (re-entrant) lock: so it only takes note."""
         with self._changed:
+            self._gone.append((pool, key, member))
+            self._changed.notify_all()
+
+    def _forget_gone(self) -> None:
+        """Under the lock: frees the slots of the decodings that left, and closes pools left empty."""
+        gone, self._gone = self._gone, []
+        for pool, key, member in gone:
             if pool.members.get(key) is member:
                 del pool.members[key]
                 del pool.caches[key]
-                self._changed.notify_all()
+        self._pools = [p for p in self._pools if p.members or p.running]
 
     def _run(self) -> None:
         while True:
@@ -199,36 +205,38 @@ class StepBatcher:
                     pool = self._due()
                 tokens, offsets, members, first = self._batch(pool)
                 pool.running = True
-            n = len(tokens)
-            cache, audio = pool.view(first, first + n)
-            select = np.zeros((n, 1), np.int64)
+            n, logits, error = len(tokens), None, None
             try:
-                logits, error = self.engine.decode(tokens[:, None], offsets, cache, audio, select), None
+                cache, audio = pool.view(first, first + n)
+                logits = self.engine.decode(tokens[:, None], offsets, cache, audio, np.zeros((n, 1), np.int64))
             except Exception as err:  # every waiting thread gets the error, as if it had called alone
-                logits, error = None, err
-            with self._changed:
-                pool.running = False
-                self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + n
-                self.rows_asked += sum(m.rows for m in members)
-                for member in members:
-                    request, member.request = member.request, None
-                    rows = slice(member.start - first, member.start - first + member.rows)
-                    request.logits = None if logits is None else logits[rows]
-                    request.error, request.done = error, True
-                    member.next_offsets = request.offsets + 1
-                self._changed.notify_all()
+                error = err
+            finally:
+                with self._changed:
+                    pool.running = False
+                    self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + n
+                    self.rows_asked += sum(m.rows for m in members)
+                    for member in members:
+                        request, member.request = member.request, None
+                        rows = slice(member.start - first, member.start - first + member.rows)
+                        request.logits = None if logits is None else logits[rows]
+                        request.error, request.done = error, True
+                        member.next_offsets = request.offsets + 1
+                    self._changed.notify_all()
+            cache = audio = logits = error = request = None  # no reference to the caches until the next step
 
     def _due(self) -> _Pool | None:
         """Under the lock: a pool whose members all wait for a step, or whose first waiter waited wait_s."""
+        self._forget_gone()
         now = time.monotonic()
-        for pool in self._pools.values():
+        for pool in self._pools:
             waiting = [m for m in pool.members.values() if m.request is not None]
             if waiting and (len(waiting) == len(pool.members) or now - min(m.waiting_since for m in waiting) >= self.wait_s):
                 return pool
         return None
 
     def _next_deadline(self) -> float | None:
-        waits = [m.waiting_since for p in self._pools.values() for m in p.members.values() if m.request is not None]
+        waits = [m.waiting_since for p in self._pools for m in p.members.values() if m.request is not None]
         return max(0.0, min(waits) + self.wait_s - time.monotonic()) if waits else None
 
     @staticmethod
