@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_asr.benchmarks.clips import developer_clips, folder_clips
+from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 if TYPE_CHECKING:
@@ -51,12 +52,12 @@ def add_bench_parser(commands, add_model_arguments) -> None:
     be.add_argument("--mode", choices=MODES, default="offline",
                     help="offline: each clip transcribed whole; stream: the clips played at real-time pace "
                     "through `edge-asr stream`'s recognizer (default: %(default)s)")
-    be.add_argument("--streams", type=_positive, default=1, metavar="N",
+    be.add_argument("--streams", type=positive_int, default=1, metavar="N",
                     help="concurrent streams on one engine: clips transcribed N at a time (offline), or N "
                     "real-time streams (stream) (default: %(default)s)")
     be.add_argument("--warmup", type=int, default=1, metavar="N",
                     help="untimed transcriptions of the first clip before timing (default: %(default)s)")
-    be.add_argument("--repeats", type=_positive, metavar="N",
+    be.add_argument("--repeats", type=positive_int, metavar="N",
                     help="timed passes over the clips; figures are their median (default: 3 offline, 1 stream)")
     be.add_argument("--peer", choices=("auto", "faster-whisper", "none"), default="auto",
                     help="auto: faster-whisper when it is installed and the weights are found (default: %(default)s)")
@@ -71,13 +72,6 @@ def add_bench_parser(commands, add_model_arguments) -> None:
     be.add_argument("--baseline", type=Path, metavar="FILE", help="a bench.json to compare with")
     be.add_argument("--max-regression", default="10%", metavar="PCT",
                     help="with --baseline: the largest RTF or WER increase allowed (default: %(default)s)")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def run(bundle: Path, args) -> int:

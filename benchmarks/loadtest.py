@@ -37,22 +37,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from edge_asr.benchmarks.bench_command import _positive, _require_scoring
+from edge_asr.benchmarks.bench_command import _require_scoring
 from edge_asr.benchmarks.bench_run import latency_figures
 from edge_asr.benchmarks.clips import Clip, developer_clips, folder_clips
+from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
-from edge_asr.benchmarks.realtime_play import BLOCK, KEPT_UP_LAG_S, speech_stream
+from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, speech_stream
 from edge_asr.benchmarks.report import Column, _num, _table, write_json
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 
 SCHEMA = "edge-asr-loadtest/1"
-CHUNKS_MS = {32: BLOCK, 100: SAMPLE_RATE // 10}  # one VAD window, or what many capture APIs deliver
 STAGGER_S = 1.0  # streams start at seeded random offsets within this
 SEED = 0
 CLOSE_WITHIN_S = 2.0  # the server flushes its last finals and says `closed` within this after the last audio
@@ -66,47 +65,6 @@ class LoadtestError(EdgeAsrError):
     pass
 
 
-DESCRIPTION = (
-    "Play clips at real-time pace over N concurrent WebSocket connections to `edge-asr serve` and report "
-    "each stream's latency from end of speech to final text (p50/p90/p99), the WER when references are "
-    "given, fairness between streams, and whether every stream kept up with real time. --find-max searches "
-    "the largest N that keeps up with a p90 within --max-p90. Without --url an `edge-asr serve` is started "
-    "with the model options and stopped at the end.")
-
-
-def add_loadtest_parser(commands, add_model_arguments) -> None:
-    lt = commands.add_parser("loadtest", help="concurrent real-time streams against `edge-asr serve`",
-                             description=DESCRIPTION)
-    _add_arguments(lt, add_model_arguments)
-
-
-def _add_arguments(parser: argparse.ArgumentParser, add_model_arguments) -> None:
-    parser.add_argument("--streams", type=_positive, default=1, metavar="N",
-                        help="concurrent streams (default: %(default)s; --find-max picks its own)")
-    parser.add_argument("--input", type=Path, metavar="DIR",
-                        help="a folder of audio clips (default: the developer clips)")
-    parser.add_argument("--references", type=Path, metavar="TSV",
-                        help="references, `name<TAB>text` per line (default: DIR/references.tsv)")
-    parser.add_argument("--url", metavar="ws://HOST:PORT/", help="a running server (default: start one here)")
-    parser.add_argument("--token", default=os.environ.get("EDGE_ASR_TOKEN"),
-                        help="bearer token for the server (default: $EDGE_ASR_TOKEN)")
-    parser.add_argument("--find-max", action="store_true",
-                        help="search the largest N with p90 within --max-p90 and every stream kept up")
-    parser.add_argument("--max-p90", type=float, default=1.0, metavar="S",
-                        help="the p90 latency a passing run stays within, seconds (default: %(default)s)")
-    parser.add_argument("--max-streams-to-try", type=_positive, default=32, metavar="N",
-                        help="--find-max tries no more streams than this (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, metavar="S", help="cut each stream's audio to S seconds "
-                        "(no WER then, unless the stream is shorter)")
-    parser.add_argument("--chunk-ms", type=int, choices=sorted(CHUNKS_MS), default=32,
-                        help="audio per message (default: %(default)s)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="start the server with --workers N: 1 serves one utterance at a time, more batch "
-                        "the decoder steps of that many streams (not with --url; default: the server's)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
-    add_model_arguments(parser)
-
-
 def run(args) -> int:
     clips = folder_clips(args.input, args.references) if args.input else developer_clips()
     _require_scoring(clips)
@@ -118,7 +76,7 @@ def run(args) -> int:
     with _server(args, most) as url:
         def measure(count: int) -> dict:
             trial = trial_figures(play_trial(url, args.token, stream_plan(clips, count, args.seconds),
-                                             CHUNKS_MS[args.chunk_ms]), args.max_p90)
+                                             args.chunk_ms * SAMPLE_RATE // 1000), args.max_p90)
             print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
             return trial
 
@@ -525,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_asr.runtime.cli import _add_model_arguments
 
     parser = argparse.ArgumentParser(prog="python -m edge_asr.benchmarks.loadtest", description=DESCRIPTION)
-    _add_arguments(parser, _add_model_arguments)
+    add_arguments(parser, _add_model_arguments)
     try:
         return run(parser.parse_args(argv))
     except EdgeAsrError as err:

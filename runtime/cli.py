@@ -7,21 +7,15 @@ import sys
 from pathlib import Path
 
 from edge_asr.benchmarks.bench_command import add_bench_parser
-from edge_asr.benchmarks.loadtest import add_loadtest_parser
+from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
 from edge_asr.runtime.bundle import PRECISIONS
+from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
 from edge_asr.runtime.serving.serve_command import add_serve_parser
 from edge_asr.runtime.streaming.recognizer import StreamOptions
 from edge_asr.runtime.streaming.segmenter import VadOptions
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,10 +55,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="precision when compiling --model on first use (default: %(default)s)")
-    parser.add_argument("--beam", type=_positive, default=1, metavar="N", help="beam size; 1 is greedy (default)")
+    parser.add_argument("--beam", type=positive_int, default=1, metavar="N", help="beam size; 1 is greedy (default)")
     parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads (default: all cores of this process)")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: all cores of this process)")
 
 
 def add_stream_parser(commands) -> None:
@@ -81,7 +75,7 @@ def add_stream_parser(commands) -> None:
     source.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
     st.add_argument("--device", help="input device: index or part of its name (default: the system's default input)")
     st.add_argument("--realtime", action="store_true", help="with --input: play the file at real-time pace")
-    st.add_argument("--stdin-rate", type=_positive, default=16000, metavar="HZ",
+    st.add_argument("--stdin-rate", type=positive_int, default=16000, metavar="HZ",
                     help="sample rate of --stdin audio, resampled to 16 kHz (default: %(default)s)")
     st.add_argument("--format", choices=("text", "jsonl"), default="text",
                     help="text: finals as lines, with a live partial line on a terminal; jsonl: one "

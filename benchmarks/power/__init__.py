@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_asr.benchmarks.power.hwmon_ina3221 import Ina3221Sampler
-from edge_asr.benchmarks.power.nvml import NvmlSampler, gpu_memory_used_mb  # noqa: F401 (for the harness)
+from edge_asr.benchmarks.power.nvml import NvmlSampler
 from edge_asr.benchmarks.power.rapl import RaplSampler
 from edge_asr.benchmarks.power.rpi_pmic import RpiPmicSampler, no_sensor
 from edge_asr.benchmarks.power.sampler import (PowerMonitor, PowerSampler, PowerSummary,  # noqa: F401
