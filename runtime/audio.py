@@ -16,6 +16,13 @@ _UNRECOGNISED_FORMAT = 1  # libsndfile's SF_ERR_UNRECOGNISED_FORMAT
 _SYSTEM_ERROR = 2  # libsndfile's SF_ERR_SYSTEM: the OS refused to open or read the file
 
 
+def pcm16_to_float32(data: bytes) -> np.ndarray:
+    """Whole 16-bit little-endian samples as float32 in [-1, 1), the scale the engine's input has."""
+    samples = np.frombuffer(data, "<i2").astype(np.float32)
+    samples *= np.float32(1 / 32768)
+    return samples
+
+
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """Any file libsndfile decodes (WAV, FLAC, OGG, MP3, ...) as float32 mono at SAMPLE_RATE."""
     name = os.fspath(path)

@@ -420,3 +420,13 @@ def served_url(proc: subprocess.Popen, timeout: float = 300) -> str:
             if match := re.search(r"ws://\S+/", seen[-1]):
                 return match.group(0)
     pytest.fail(f"the server did not start: {''.join(seen)}")
+
+
+def test_arrival_clock_forgets_audio_no_final_can_reach():
+    from edge_asr.runtime.serving.metrics import ARRIVAL_HORIZON_S, ArrivalClock
+
+    clock = ArrivalClock()
+    for _ in range(3000):  # 96 s of 32 ms messages and no final
+        clock.arrived(512)
+    assert len(clock._marks) <= ARRIVAL_HORIZON_S * 16000 // 512 + 2
+    assert 0 <= clock.since(95.0) < 1.0  # recent audio still has its arrival time

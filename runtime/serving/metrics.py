@@ -66,6 +66,11 @@ class SchedulerCollector:
             yield GaugeMetricFamily("edge_asr_gpu_memory_bytes", "GPU memory this process holds.", value=used * 2**20)
 
 
+# A final's speech ends at most this far behind the audio received: an utterance is at most 30 s long,
+# and at most 10 s of a stream's audio waits in its queue.
+ARRIVAL_HORIZON_S = 60
+
+
 class ArrivalClock:
     """When each stretch of one stream's audio arrived, so that a final's latency is measured from the
     arrival of its last voiced sample, whatever pace the client sends at (a file pushed faster than
@@ -78,6 +83,9 @@ class ArrivalClock:
     def arrived(self, samples: int) -> None:
         self._received += samples
         self._marks.append((self._received, time.monotonic()))
+        horizon = self._received - ARRIVAL_HORIZON_S * SAMPLE_RATE  # silence brings no finals to trim the marks
+        while len(self._marks) > 1 and self._marks[0][0] < horizon:
+            self._marks.popleft()
 
     def since(self, stream_seconds: float) -> float | None:
         """Seconds since the audio at `stream_seconds` arrived (None before any did). Finals come in

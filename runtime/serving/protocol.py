@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.audio import SAMPLE_RATE, pcm16_to_float32
 
 AUDIO_FORMAT = "s16le"
 
@@ -69,7 +69,7 @@ def decode_audio(data: bytes) -> np.ndarray:
     """A binary message as float32 samples in [-1, 1), the scale of the engine's input."""
     if len(data) % 2:
         raise ProtocolError(f"audio must be whole 16-bit samples: this message has {len(data)} bytes, an odd count.")
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+    return pcm16_to_float32(data)
 
 
 def check_end(text: str) -> None:

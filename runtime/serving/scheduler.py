@@ -262,21 +262,15 @@ def _deliver(callback, *args) -> None:
         print(f"edge-asr: a stream's callback failed: {err}", file=sys.stderr)
 
 
-def build_scheduler(bundle, args) -> StreamScheduler:
-    """The scheduler `edge-asr serve` runs: the model and VAD options of `edge-asr stream`."""
+def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> StreamScheduler:
+    """The scheduler `edge-asr serve` runs, from its validated options and the model options of `args`."""
     from edge_asr.runtime.serving.step_batcher import StepBatcher
-    from edge_asr.runtime.streaming.stream_command import stream_options
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
-    # Several workers put several streams in a turn at once, so that their decoder steps meet in the
-    # StepBatcher; one worker serves one utterance at a time, on the engine itself.
-    workers = min(args.workers, args.max_streams)
-    options = SchedulerOptions(max_streams=args.max_streams, workers=workers).validate()
-    streaming = stream_options(args).validate()  # a bad option is refused before anything loads
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
-    engine = StepBatcher(transcriber.engine) if workers > 1 else transcriber.engine
+    engine = StepBatcher(transcriber.engine) if options.workers > 1 else transcriber.engine
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
     return StreamScheduler(partial(StreamRecognizer, engine, transcriber.tokenizer,
                                    transcribe_options=decoding, options=streaming), vads, options)

@@ -98,8 +98,11 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
 
     try:
         options = serve_options(args).validate()
-        SchedulerOptions(max_streams=args.max_streams).validate()
-        stream_options(args).validate()
+        # Several workers put several streams in a turn at once, so that their decoder steps meet in the
+        # StepBatcher; one serves one utterance at a time, on the engine itself.
+        scheduling = SchedulerOptions(max_streams=args.max_streams,
+                                      workers=min(args.workers, args.max_streams)).validate()
+        streaming = stream_options(args).validate()
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
         return USAGE_EXIT
@@ -108,4 +111,4 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
         raise EdgeAsrError(f"edge-asr serve needs {', '.join(missing)}: pip install 'edge-asr[serve]'.")
     from edge_asr.runtime.serving.server import run
 
-    return run(build_scheduler(find_bundle(), args), options)
+    return run(build_scheduler(find_bundle(), args, scheduling, streaming), options)

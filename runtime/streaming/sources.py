@@ -10,7 +10,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import soxr
 
-from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.audio import SAMPLE_RATE, load_audio, pcm16_to_float32
 from edge_asr.runtime.errors import AudioError
 
 
@@ -97,7 +97,7 @@ class StdinSource:
             data = odd + chunk
             whole = len(data) & ~1
             odd = data[whole:]
-            pcm = np.frombuffer(data[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
+            pcm = pcm16_to_float32(data[:whole])
             if len(audio := self._resampler.resample_chunk(pcm)):
                 yield audio
         if not self._stopped and len(tail := self.drain()):
