@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_asr.benchmarks.clips import Clip
 from edge_asr.benchmarks.power import PowerRecording, choose
+from edge_asr.benchmarks.report import latency_figures
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
@@ -150,7 +151,7 @@ def offline_pass(run, audio: list[np.ndarray], streams: int) -> Pass:
 def stream_subject(spec: BenchSpec) -> Subject:
     """`streams` real-time streams of the clips, each starting at a different clip so that their pauses
     do not all fall at once; one VAD and one recognizer per stream, one engine for all."""
-    from edge_asr.benchmarks.realtime_play import speech_stream
+    from edge_asr.benchmarks.realtime_play import rotated_streams
     from edge_asr.runtime.streaming.vad import SileroVad
 
     if spec.system != "edge-asr":
@@ -158,15 +159,11 @@ def stream_subject(spec: BenchSpec) -> Subject:
     # The VADs before the engine, as `edge-asr stream` makes them: made after, they would run on the
     # engine's shared onnxruntime pool, whose idle threads spin after every 32 ms window.
     vads = [SileroVad() for _ in range(spec.streams)]
-    clips, rng = spec.clips, np.random.default_rng(0)
-    orders = [clips[i % len(clips):] + clips[: i % len(clips)] for i in range(spec.streams)]
-    audio = [speech_stream(order, rng) for order in orders]
+    audio, references = zip(*rotated_streams(spec.clips, spec.streams, np.random.default_rng(0)))
     transcriber, options = edge_asr_transcriber(spec)
-    references = [" ".join(c.reference for c in order) if all(c.reference for c in order) else None
-                  for order in orders]
-    return Subject(partial(transcriber.transcribe, load_audio(clips[0].path), options),
-                   partial(stream_pass, transcriber, options, vads, audio), transcriber.engine,
-                   [f"stream-{i}" for i in range(spec.streams)], [len(a) / SAMPLE_RATE for a in audio], references)
+    return Subject(partial(transcriber.transcribe, load_audio(spec.clips[0].path), options),
+                   partial(stream_pass, transcriber, options, vads, list(audio)), transcriber.engine,
+                   [f"stream-{i}" for i in range(spec.streams)], [len(a) / SAMPLE_RATE for a in audio], list(references))
 
 
 def stream_pass(transcriber, options, vads: list, audio: list[np.ndarray]) -> Pass:
@@ -228,13 +225,6 @@ def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float
         "power": [summary.to_dict() | {"joules_per_audio_s": summary.per_audio_second(audio_s * len(passes))}
                   for summary in power],
     }
-
-
-def latency_figures(values: list[float], kept_up: bool) -> dict | None:
-    if not values:
-        return None
-    return {"p50_s": float(np.percentile(values, 50)), "p90_s": float(np.percentile(values, 90)),
-            "p99_s": float(np.percentile(values, 99)), "max_s": max(values), "values_s": values, "kept_up": kept_up}
 
 
 def main() -> int:

@@ -41,12 +41,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_asr.benchmarks.bench_command import _require_scoring
-from edge_asr.benchmarks.bench_run import latency_figures
 from edge_asr.benchmarks.clips import Clip, developer_clips, folder_clips
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
-from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, speech_stream
-from edge_asr.benchmarks.report import Column, _num, _table, write_json
+from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
+from edge_asr.benchmarks.report import LATENCY_COLUMNS, Column, _num, _table, latency_figures, write_json
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
@@ -119,16 +118,13 @@ class StreamRun:
 
 
 def stream_plan(clips: list[Clip], count: int, seconds: float | None) -> list[tuple[np.ndarray, str | None]]:
-    """Each stream's audio and reference. Stream i starts at clip i mod n, as `edge-asr bench --mode
-    stream` plays them; a stream cut by --seconds has no reference, as its last words are not played."""
-    rng, plan = np.random.default_rng(SEED), []
-    for i in range(count):
-        order = clips[i % len(clips):] + clips[: i % len(clips)]
-        audio = speech_stream(order, rng)
-        whole = seconds is None or len(audio) <= seconds * SAMPLE_RATE
-        reference = " ".join(c.reference for c in order) if whole and all(c.reference for c in order) else None
-        plan.append((audio if whole else audio[: round(seconds * SAMPLE_RATE)], reference))
-    return plan
+    """Each stream's audio and reference, as `edge-asr bench --mode stream` plays them (stream i starts at
+    clip i mod n); a stream cut by --seconds has no reference, as its last words are not played."""
+    plan = rotated_streams(clips, count, np.random.default_rng(SEED))
+    if seconds is None:
+        return plan
+    cut = round(seconds * SAMPLE_RATE)
+    return [(audio, reference) if len(audio) <= cut else (audio[:cut], None) for audio, reference in plan]
 
 
 def play_trial(url: str, token: str | None, plan: list[tuple[np.ndarray, str | None]], chunk: int) -> list[StreamRun]:
@@ -432,12 +428,10 @@ def _ms(seconds: float | None) -> str:
     return _num(seconds, ".0f", 1000.0)
 
 
-PERCENTILE_COLUMNS: list[Column] = [(f"{p} ms", lambda row, p=p: _ms((row["latency"] or {}).get(f"{p}_s")))
-                                    for p in ("p50", "p90", "p99")]
 TRIAL_COLUMNS: list[Column] = [
     ("streams", lambda t: str(t["streams"])), ("kept up", lambda t: f"{t['kept_up']}/{t['streams']}"),
     ("client behind", lambda t: str(t["client_behind"])), ("finals", lambda t: str(t["finals"])),
-    *PERCENTILE_COLUMNS, ("worst stream p90 ms", lambda t: _ms(t["worst_stream_p90_s"])),
+    *LATENCY_COLUMNS, ("worst stream p90 ms", lambda t: _ms(t["worst_stream_p90_s"])),
     ("Jain", lambda t: _num(t["jain_mean_latency"], ".3f")),
     ("p90 max/min", lambda t: _num(t["p90_max_over_min"], ".2f")),
     ("WER %", lambda t: _num(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
@@ -445,7 +439,7 @@ TRIAL_COLUMNS: list[Column] = [
 ]
 STREAM_COLUMNS: list[Column] = [
     ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),
-    ("finals", lambda r: str(r["finals"])), *PERCENTILE_COLUMNS,
+    ("finals", lambda r: str(r["finals"])), *LATENCY_COLUMNS,
     ("WER %", lambda r: _num(r["wer"], ".2f")), ("closed after s", lambda r: _num(r["closed_after_s"], ".2f")),
     ("client lag ms", lambda r: _ms(r["client_lag_s"])), ("kept up", lambda r: "yes" if r["kept_up"] else "no"),
 ]

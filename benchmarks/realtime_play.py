@@ -61,7 +61,21 @@ def faint_noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 def speech_stream(clips: list[Clip], rng: np.random.Generator) -> np.ndarray:
     """The clips joined, each followed by GAP_S of faint noise."""
-    return np.concatenate([part for clip in clips for part in (load_audio(clip.path), faint_noise(GAP_S, rng))])
+    return rotated_streams(clips, 1, rng)[0][0]
+
+
+def rotated_streams(clips: list[Clip], count: int, rng: np.random.Generator) -> list[tuple[np.ndarray, str | None]]:
+    """`count` streams of the clips joined as speech_stream does, stream i starting at clip i mod n so
+    that the streams' pauses do not all fall at once; each with its reference, None unless every clip
+    has one. Each clip is read once, however many streams play it."""
+    audio = {clip: load_audio(clip.path) for clip in clips}
+    streams = []
+    for i in range(count):
+        order = clips[i % len(clips):] + clips[: i % len(clips)]
+        joined = np.concatenate([part for clip in order for part in (audio[clip], faint_noise(GAP_S, rng))])
+        reference = " ".join(c.reference for c in order) if all(c.reference for c in order) else None
+        streams.append((joined, reference))
+    return streams
 
 
 def play(recognizers: list[StreamRecognizer], audio: list[np.ndarray]) -> Playback:

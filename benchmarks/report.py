@@ -12,6 +12,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from edge_asr.runtime.errors import EdgeAsrError
 
 SCHEMA = "edge-asr-bench/1"
@@ -119,7 +121,7 @@ def _columns(doc: dict, notes: dict[str, int]) -> list[Column]:
         columns.append(("GPU MB", _field("gpu_peak_mb", ".0f")))
     columns.append(("WER %", _field("wer", ".2f")))
     if (doc.get("settings") or {}).get("mode") == "stream" or any(r.get("latency") for r in runs):
-        columns += [(f"{p} ms", _latency(f"{p}_s")) for p in ("p50", "p90", "p99")]
+        columns += LATENCY_COLUMNS
         columns.append(("kept up", _kept_up))
     for source in dict.fromkeys(p["source"] for r in runs for p in r.get("power") or []):
         columns += _power_columns(source, notes)
@@ -128,6 +130,16 @@ def _columns(doc: dict, notes: dict[str, int]) -> list[Column]:
 
 def _latency(key: str) -> Callable[[dict], str]:
     return lambda run: _num((run.get("latency") or {}).get(key), ".0f", 1000.0)
+
+
+LATENCY_COLUMNS: list[Column] = [(f"{p} ms", _latency(f"{p}_s")) for p in ("p50", "p90", "p99")]
+
+
+def latency_figures(values: list[float], kept_up: bool) -> dict | None:
+    if not values:
+        return None
+    return {"p50_s": float(np.percentile(values, 50)), "p90_s": float(np.percentile(values, 90)),
+            "p99_s": float(np.percentile(values, 99)), "max_s": max(values), "values_s": values, "kept_up": kept_up}
 
 
 def _kept_up(run: dict) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_asr.benchmarks.clips import developer_clips
 from edge_asr.benchmarks.realtime_play import faint_noise, play, speech_stream
+from edge_asr.benchmarks.report import latency_figures
 from edge_asr.benchmarks.timed_engine import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
@@ -45,13 +46,14 @@ def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions
                 references: list[str]) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
     run = play([recognizer], [audio])
-    latencies = [f.latency_s for f in run.finals]
+    latency = latency_figures([f.latency_s for f in run.finals], run.kept_up)
+    if latency is None:
+        raise EdgeAsrError(f"the {options.encoder_context} run gave no final text: no latency to report.")
     return {
         "encoder_context": options.encoder_context,
         "wer": corpus_wer([(" ".join(references), " ".join(f.text for f in run.finals))]),
         "partials": run.partials, "encoder_calls": engine.encoder_calls, "encoder_seconds": engine.encoder_seconds,
-        "p50_s": float(np.percentile(latencies, 50)), "p90_s": float(np.percentile(latencies, 90)),
-        "max_s": max(latencies),
+        **latency,
         "finals": [asdict(f) | {"latency_s": f.latency_s} for f in run.finals],
     }
 
@@ -113,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     transcriber.transcribe(clips[0].path)  # warm-up: the first utterance should not pay for the engine's first run
     contexts = ("full", "utterance") if args.compare_context else (options.encoder_context,)
     references = [clip.reference for clip in clips]
-    runs = [latency_run(transcriber, vad, replace(options, encoder_context=context), audio, references)
-            for context in contexts]
+    try:
+        runs = [latency_run(transcriber, vad, replace(options, encoder_context=context), audio, references)
+                for context in contexts]
+    except EdgeAsrError as err:
+        sys.exit(f"stream_latency: {err}")
     idle = idle_run(transcriber, vad, options, args.idle_seconds, rng)
     print(f"{len(clips)} clips, {len(audio) / SAMPLE_RATE:.1f} s at real-time pace; {args.threads} threads; "
           f"min_silence {args.min_silence_ms} ms, pad_after {args.pad_after_ms} ms, partials every "
