@@ -198,3 +198,13 @@ def test_a_server_child_that_dies_at_start_up_says_why(tmp_path, clips, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("edge-asr: edge-asr serve stopped at start-up (exit status ")
     assert len(err.split("): ", 1)[1]) > 0  # its last stderr line
+
+
+def test_a_server_started_here_serves_the_trial(tmp_path, tiny_bundle, jfk_wav):
+    """No --url: `edge-asr serve` starts on a port of its own choosing, JFK's first 4 s go through it."""
+    folder = tmp_path / "jfk"
+    folder.mkdir()
+    (folder / "jfk.wav").symlink_to(jfk_wav)
+    trial = loadtest_json(tmp_path, "--bundle", str(tiny_bundle), "--threads", "2", "--input", str(folder),
+                          "--seconds", "4")["trials"][0]
+    assert trial["finals"] >= 1 and trial["kept_up"] == 1 and trial["errors"] == 0
