@@ -35,7 +35,7 @@ class _Request:
         self.tokens, self.offsets = tokens, offsets
         self.logits: np.ndarray | None = None
         self.error: BaseException | None = None
-        self.done = False
+        self.done = threading.Event()  # waited on outside the lock: a step wakes only its own threads
 
 
 class _Member:
@@ -123,8 +123,7 @@ class StepBatcher:
             pool, member = self._member(cache, audio, offsets)
             member.request, member.waiting_since = request, time.monotonic()
             self._changed.notify_all()
-            while not request.done:
-                self._changed.wait()
+        request.done.wait()
         error, request.error = request.error, None
         if error is not None:
             try:
@@ -220,7 +219,8 @@ class StepBatcher:
                         request, member.request = member.request, None
                         rows = slice(member.start - first, member.start - first + member.rows)
                         request.logits = None if logits is None else logits[rows]
-                        request.error, request.done = error, True
+                        request.error = error
+                        request.done.set()
                         member.next_offsets = request.offsets + 1
                     self._changed.notify_all()
             cache = audio = logits = error = request = None  # no reference to the caches until the next step
