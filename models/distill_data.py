@@ -1,0 +1,131 @@
+"""Examples and batches for distillation: one Mel array serves the teacher and the student.
+
+The teacher reads Whisper's usual input, the audio padded with zeros to 30 s; the student reads the
+audio plus a margin. Both are the stored features of the audio continued with silence frames:
+zeros add nothing to the peak the features are normalised by, and a frame whose STFT window sees
+only zeros always has the same value. So an example stores its audio's frames and one silence
+frame (a tenth of the 30 s array for a 3 s clip), and any longer window repeats that last frame,
+exactly equal to computing the features of the padded audio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from edge_asr.models.distill_loss import IGNORE_INDEX
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, LogMelFrontend
+
+FRAMES_PER_SECOND = 100  # 16 kHz / HOP_LENGTH
+# Zeros after the audio so the last frame's window (N_FFT wide, centred) lies wholly in them.
+SILENCE_TAIL = N_FFT + HOP_LENGTH
+BATCHES_PER_POOL = 50  # length-sorting pool: long enough to group similar lengths, short enough to stay random
+
+
+@dataclass(frozen=True)
+class Example:
+    """One utterance: its features, how many frames hold audio, and its tokens.
+
+    ``mel`` float32 [n_mels, frames] is Whisper's features of the audio followed by silence, ending
+    in at least one frame of silence alone. ``tokens`` is the whole sequence (prompt, text,
+    end-of-text); the first ``n_prompt`` (start of transcript, language, task, no-timestamps) are
+    given to the model, never predicted.
+    """
+
+    mel: np.ndarray
+    audio_frames: int
+    tokens: tuple[int, ...]
+    n_prompt: int
+
+    def window(self, frames: int) -> np.ndarray:
+        """The features of the audio padded with zeros, cut to ``frames``: the last (silent) frame repeated."""
+        silence = np.repeat(self.mel[:, -1:], max(0, frames - self.mel.shape[1]), axis=1)
+        return np.concatenate([self.mel[:, :frames], silence], axis=1)
+
+
+def example_from_audio(audio: np.ndarray, tokens: Sequence[int], n_prompt: int, frontend: LogMelFrontend) -> Example:
+    """An Example from 16 kHz float32 audio of at most 30 s."""
+    if len(audio) > N_SAMPLES:
+        raise EdgeAsrError(f"A distillation example holds at most 30 s of audio, not {len(audio) / 16000:.1f} s.")
+    if not 0 < n_prompt < len(tokens):
+        raise EdgeAsrError(f"An example needs a prompt and at least one token after it, not {n_prompt} of {len(tokens)}.")
+    mel = frontend(audio, padding=SILENCE_TAIL)
+    return Example(mel=mel, audio_frames=len(audio) // HOP_LENGTH, tokens=tuple(tokens), n_prompt=n_prompt)
+
+
+@dataclass(frozen=True)
+class DistillBatch:
+    """Examples stacked for one forward pass.
+
+    ``tokens`` [B, N] is each sequence less its last token, padded; ``labels`` [B, N] is the token
+    each position must predict, IGNORE_INDEX on prompt positions and padding.
+    """
+
+    mel: Tensor  # [B, n_mels, N_FRAMES]: the teacher's input, 30 s
+    student_frames: int  # the student reads mel[..., :student_frames]: the longest audio plus the margin
+    tokens: Tensor
+    labels: Tensor
+
+    def student_mel(self) -> Tensor:
+        return self.mel[:, :, : self.student_frames]
+
+    def to(self, device: torch.device) -> "DistillBatch":
+        return DistillBatch(self.mel.to(device), self.student_frames, self.tokens.to(device), self.labels.to(device))
+
+
+def collate(examples: Sequence[Example], margin_frames: int | None) -> DistillBatch:
+    """One batch; ``margin_frames`` None gives the student the whole 30 s window (a stock-length model)."""
+    if margin_frames is None:
+        student_frames = N_FRAMES
+    else:
+        wanted = max(e.audio_frames for e in examples) + margin_frames
+        # Even: the encoder's stride-2 convolution halves the frames into positions.
+        student_frames = min(N_FRAMES, wanted + wanted % 2)
+    width = max(len(e.tokens) for e in examples) - 1
+    # Padding comes after each row's tokens, where the causal mask hides it: its value never matters.
+    tokens = torch.zeros((len(examples), width), dtype=torch.int64)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.int64)
+    for row, example in enumerate(examples):
+        sequence = torch.tensor(example.tokens, dtype=torch.int64)
+        tokens[row, : len(sequence) - 1] = sequence[:-1]
+        # Position i predicts token i + 1; the first prediction that counts is the first text token.
+        labels[row, example.n_prompt - 1 : len(sequence) - 1] = sequence[example.n_prompt :]
+    mel = torch.from_numpy(np.stack([e.window(N_FRAMES) for e in examples]))
+    return DistillBatch(mel=mel, student_frames=student_frames, tokens=tokens, labels=labels)
+
+
+class BatchOrder:
+    """Which examples make batch number ``index``, a pure function of (lengths, batch size, seed).
+
+    Each epoch shuffles, sorts pools of BATCHES_PER_POOL batches by length (so a batch's window is
+    not stretched by one long outlier) and shuffles the batches. Being a function of the index, it
+    needs no state to resume: batch ``step * accumulation + k`` is the same after a restart.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.n_batches = -(-len(self.lengths) // batch_size)
+        self._epoch: tuple[int, list[list[int]]] | None = None
+
+    def __getitem__(self, index: int) -> list[int]:
+        epoch, position = divmod(index, self.n_batches)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self._epoch_batches(epoch))
+        return self._epoch[1][position]
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        pool = self.batch_size * BATCHES_PER_POOL
+        batches = []
+        for start in range(0, len(order), pool):
+            members = order[start : start + pool]
+            members = members[np.argsort(self.lengths[members], kind="stable")]
+            batches += [members[i : i + self.batch_size].tolist() for i in range(0, len(members), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]

@@ -1,0 +1,76 @@
+"""The knowledge-distillation loss: hard labels mixed with the teacher's softened distribution.
+
+loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+both parts averaged over the scored token positions. The T^2 keeps the soft part's gradients the same
+size whatever T is (Hinton et al., 2015), so alpha means the same thing at every temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from edge_asr.runtime.errors import EdgeAsrError
+
+IGNORE_INDEX = -100  # a label that scores nothing: prompt tokens and padding
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """The loss to minimise and its two parts; ``kl`` is before the T^2 scaling (0 without a teacher)."""
+
+    total: Tensor
+    ce: Tensor
+    kl: Tensor
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """T moving linearly from ``start`` to ``end`` over the first ``steps`` steps, then held.
+
+    Starting hot and cooling lets the student first learn the teacher's broad preferences, then its
+    sharp ones. ``end`` None (or ``steps`` 0) keeps T at ``start``.
+    """
+
+    start: float = 2.0
+    end: float | None = None
+    steps: int = 0
+
+    def at(self, step: int) -> float:
+        if self.end is None or self.steps <= 0:
+            return self.start
+        return self.start + (self.end - self.start) * min(step / self.steps, 1.0)
+
+    def validate(self) -> None:
+        if self.start <= 0 or (self.end is not None and self.end <= 0):
+            raise EdgeAsrError(f"A distillation temperature must be positive, not {self.start} -> {self.end}.")
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor,
+    alpha: float,
+    temperature: float,
+    ignore_index: int = IGNORE_INDEX,
+) -> DistillLoss:
+    """The mixed loss of logits [B, N, V] against labels [B, N]; positions labelled ``ignore_index``
+    count in neither part. ``teacher_logits`` may be None only when ``alpha`` is 1 (labels alone)."""
+    scored = labels != ignore_index
+    n_scored = int(scored.sum())
+    if n_scored == 0:
+        raise EdgeAsrError("The batch has no labelled token positions to learn from.")
+    # In float32 whatever autocast computed the logits in: a softmax over 50k tokens needs the precision.
+    student = student_logits.float()[scored]
+    ce = F.cross_entropy(student, labels[scored], reduction="sum") / n_scored
+    if teacher_logits is None:
+        if alpha != 1:
+            raise EdgeAsrError(f"alpha {alpha} gives the teacher a share of the loss, but there is no teacher.")
+        return DistillLoss(total=ce, ce=ce, kl=torch.zeros_like(ce))
+    student_log_p = F.log_softmax(student / temperature, dim=-1)
+    teacher_log_p = F.log_softmax(teacher_logits.float()[scored] / temperature, dim=-1)
+    kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum") / n_scored
+    total = alpha * ce + (1 - alpha) * temperature**2 * kl
+    return DistillLoss(total=total, ce=ce, kl=kl)
