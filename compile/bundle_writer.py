@@ -1,4 +1,5 @@
-"""Compile a checkpoint into a bundle: export, optional quantization, tokenizer, manifest."""
+"""Compile a checkpoint into a bundle for one target: ONNX export, then the target's engine files
+(onnxruntime graphs, TVM modules or TensorRT engines), the tokenizer and the manifest."""
 from __future__ import annotations
 
 import datetime
@@ -8,23 +9,45 @@ import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_of
+from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TARGETS, sha256_of
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+if TYPE_CHECKING:
+    from edge_asr.compile.tvm_tuning import TuningRequest
 
 SPECIAL_TOKENS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
                   "timestamp_begin")
 
 
-def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
-    """Build a CPU (onnxruntime) bundle for ``model`` (a zoo name or a checkpoint path) into ``out``.
+# What each backend builds; the first precision is the target's default.
+BACKEND_PRECISIONS = {"onnxruntime": ("int8", "fp16", "fp32"), "tvm": ("fp32",), "tensorrt": ("fp16",)}
 
-    The bundle is assembled in a temporary sibling directory and moved into place at the end, so an
-    interrupted compile never leaves a half-written bundle behind.
+
+def default_precision(target: str) -> str:
+    return BACKEND_PRECISIONS[TARGETS[target].backend][0]
+
+
+def compile_bundle(model: str, precision: str | None, out: Path, target: str = "cpu",
+                   tuning: TuningRequest | None = None, database_dir: Path | None = None,
+                   log=lambda msg: print(msg, file=sys.stderr)) -> Path:
+    """Build a bundle of ``model`` (a zoo name or a checkpoint path) for ``target`` into ``out``.
+
+    TVM targets apply the tuned schedules in ``database_dir`` (default: OUT.tuning beside the bundle),
+    after tuning into it when ``tuning`` is given. The bundle is assembled in a temporary sibling
+    directory and moved into place at the end, so an interrupted compile never leaves a half-written
+    bundle behind.
     """
-    if precision not in PRECISIONS:
-        raise EdgeAsrError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if target not in TARGETS:
+        raise EdgeAsrError(f"target {target!r} is not one of {', '.join(TARGETS)}.")
+    backend = TARGETS[target].backend
+    precision = precision or default_precision(target)
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise EdgeAsrError(f"target {target} builds {' or '.join(BACKEND_PRECISIONS[backend])}, not {precision}.")
+    if tuning is not None and backend != "tvm":
+        raise EdgeAsrError(f"--tune tunes TVM modules; target {target} is built with {backend}.")
     from edge_asr.compile.onnx_export import export_decoder, export_encoder
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
@@ -44,10 +67,14 @@ def compile_bundle(model: str, precision: str, out: Path, log=lambda msg: print(
         log("exporting the encoder and the decoder to ONNX")
         graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
                   "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
-        files = {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}
+        files, extra = _build_engines(graphs, work, target, precision, checkpoint.dims,
+                                      database_dir or out.parent / f"{out.name}.tuning", tuning, log)
         shutil.copyfile(checkpoint.tokenizer_json, work / "tokenizer.json")
         files["tokenizer"] = work / "tokenizer.json"
-        manifest = _manifest(checkpoint, precision, files)
+        manifest = _manifest(checkpoint, target, precision, files)
+        shapes = extra.pop("shapes", {})
+        manifest |= extra
+        manifest["shapes"] |= shapes
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         staged = work / "bundle"
         staged.mkdir()
@@ -77,6 +104,21 @@ def _is_bundle(path: Path) -> bool:
         return False
 
 
+def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: str, dims, database_dir: Path,
+                   tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
+    """The engine files for ``target`` from the exported fp32 graphs, and the manifest entries they add."""
+    backend = TARGETS[target].backend
+    if backend == "tvm":
+        from edge_asr.compile.tvm_build import build_tvm
+
+        return build_tvm(graphs, work, target, dims, database_dir, tuning, log)
+    if backend == "tensorrt":
+        from edge_asr.compile.tensorrt_build import build_tensorrt
+
+        return build_tensorrt(graphs["encoder"], graphs["decoder"], work, target, dims, log)
+    return {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}, {}
+
+
 def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:
     if precision == "int8":
         from edge_asr.compile.quantize import quantize_int8
@@ -93,7 +135,7 @@ def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:
     return final
 
 
-def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
+def _manifest(checkpoint, target: str, precision: str, files: dict[str, Path]) -> dict:
     dims = checkpoint.dims
     tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, dims.multilingual, dims.num_languages)
     return {
@@ -110,8 +152,8 @@ def _manifest(checkpoint, precision: str, files: dict[str, Path]) -> dict:
             "languages": list(tokenizer.language_codes) if dims.multilingual else ["en"],
             "needs_30s_padding": True,
         },
-        "backend": "onnxruntime",
-        "target": "cpu",
+        "backend": TARGETS[target].backend,
+        "target": target,
         "precision": precision,
         "shapes": {"batch": "dynamic", "n_mels": dims.n_mels, "audio_frames_max": 2 * dims.n_audio_ctx,
                    "n_audio_ctx": dims.n_audio_ctx, "n_text_ctx": dims.n_text_ctx},

@@ -45,6 +45,7 @@ TARGETS = {
     for t in (
         Target("cpu", "onnxruntime", "onnxruntime"),
         Target("rpi4", "tvm", "tvm", ("aarch64", "arm64")),
+        Target("tvm-x86", "tvm", "tvm", ("x86_64", "AMD64")),
         Target("jetson-orin", "tensorrt", "tensorrt", ("aarch64",)),
         Target("jetson-xavier", "tensorrt", "tensorrt", ("aarch64",)),
     )

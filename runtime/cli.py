@@ -3,12 +3,13 @@ stage and the benchmark harness are imported lazily)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
 from edge_asr.benchmarks.bench_command import add_bench_parser
 from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
-from edge_asr.runtime.bundle import PRECISIONS
+from edge_asr.runtime.bundle import PRECISIONS, TARGETS
 from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
@@ -39,13 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands, _add_model_arguments)
     add_loadtest_parser(commands, _add_model_arguments)
 
-    co = commands.add_parser("compile", help="compile a checkpoint into a bundle",
-                             description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]).")
-    co.add_argument("--model", default=DEFAULT_MODEL, help="zoo name (tiny.en, base) or checkpoint path")
-    co.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
-    co.add_argument("--target", choices=("cpu",), default="cpu", help="cpu: onnxruntime on any CPU")
-    co.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="bundle directory to write")
+    add_compile_parser(commands)
     return parser
+
+
+def add_compile_parser(commands) -> None:
+    co = commands.add_parser(
+        "compile", help="compile a checkpoint into a bundle",
+        description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]; TVM targets "
+        "also edge-asr[tvm], Jetson targets JetPack's TensorRT on the Jetson itself).")
+    co.add_argument("--model", default=DEFAULT_MODEL, help="zoo name (tiny.en, base) or checkpoint path")
+    co.add_argument("--target", choices=list(TARGETS), default="cpu",
+                    help="cpu: onnxruntime on any CPU; rpi4: TVM for the Raspberry Pi 4's Cortex-A72, cross-linked "
+                    "with aarch64-linux-gnu-g++; tvm-x86: TVM for this x86 host's CPU; jetson-orin, jetson-xavier: "
+                    "TensorRT engines, built on the Jetson (default: %(default)s)")
+    co.add_argument("--precision", choices=PRECISIONS,
+                    help="cpu: int8 (default), fp16 or fp32; rpi4 and tvm-x86: fp32; jetson-*: fp16")
+    co.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="bundle directory to write")
+    tvm = co.add_argument_group("TVM tuning (rpi4, tvm-x86)", "Tuned schedules in the database are applied to "
+                                "every later build of the same model and target; untuned modules are many times "
+                                "slower than onnxruntime.")
+    tvm.add_argument("--tune", action="store_true",
+                     help="tune with MetaSchedule before building: on this host for tvm-x86, on the board "
+                     "behind --rpc for rpi4")
+    tvm.add_argument("--trials", type=positive_int, default=1000, metavar="N",
+                     help="measurements per graph (encoder, decoder) (default: %(default)s)")
+    tvm.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC tracker the board is registered with")
+    tvm.add_argument("--rpc-key", default="rpi4", metavar="KEY", help="the board's key at the tracker (default: %(default)s)")
+    tvm.add_argument("--tuning-db", type=Path, metavar="DIR",
+                     help="the tuning database (default: OUTPUT.tuning beside the bundle)")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +164,16 @@ def _compile(args) -> int:
     require_compile_tools(f"compiling {args.model}")
     from edge_asr.compile.bundle_writer import compile_bundle
 
-    compile_bundle(args.model, args.precision, args.output)
+    tuning = None
+    if args.tune:
+        from edge_asr.compile.tvm_tuning import RpcTracker, TuningRequest
+
+        tuning = TuningRequest(args.trials, RpcTracker.parse(args.rpc, args.rpc_key) if args.rpc else None)
+    elif args.rpc:
+        raise EdgeAsrError("--rpc is where --tune measures; add --tune.")
+    if TARGETS[args.target].backend == "tvm" and importlib.util.find_spec("tvm") is None:
+        raise EdgeAsrError(f"target {args.target} is built with Apache TVM: pip install 'edge-asr[tvm]'.")
+    compile_bundle(args.model, args.precision, args.output, args.target, tuning, args.tuning_db)
     return 0
 
 

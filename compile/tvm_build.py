@@ -1,0 +1,256 @@
+"""Build a bundle's TVM modules: each exported ONNX graph becomes a Relax module compiled for one CPU.
+
+Relax's ONNX importer loses our graphs' shapes where they are dynamic (the Range behind the attention
+mask gets a fresh symbolic length, and a concat of two unknown shapes cannot be lowered), and TVM is at
+its best with static shapes anyway. So each graph is fixed to static shapes and constant-folded by
+onnxruntime first, and the decoder is built in two static variants that share one set of weights: a
+one-token step, and a prompt chunk of PROMPT_CHUNK tokens (longer prompts run chunk by chunk).
+
+Weights stay out of the compiled code (``keep_params_in_input``): both decoder variants take the same
+arrays, saved once per graph in ``ROLE.params.npz``; the runtime loads them once and passes them on
+every call. A graph's files: ``ROLE.so`` (the Relax executable, an ELF for the target's CPU) and
+``ROLE.params.npz``; its manifest entry lists each function's input names and the weights' order.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+import onnxruntime as ort
+from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.errors import EdgeAsrError
+
+if TYPE_CHECKING:
+    import tvm
+
+    from edge_asr.compile.tvm_tuning import TuningRequest
+
+PROMPT_CHUNK = 16  # tokens per prompt pass: a prompt of sot + language + task is 1-4 tokens, with
+# the previous text up to 224; 16 covers the usual prompt in one pass at ~10x the cost of a step.
+
+CROSS_COMPILER = "aarch64-linux-gnu-g++"  # Debian's gcc-aarch64-linux-gnu / g++-aarch64-linux-gnu
+
+
+@dataclass(frozen=True)
+class TvmTarget:
+    """A bundle target built with TVM: the LLVM target and, when it is not this machine, the cross linker."""
+
+    llvm: dict
+    cross_compiler: str | None = None
+
+
+def tvm_target(name: str) -> TvmTarget:
+    """The TVM target for a bundle target name: rpi4 (Cortex-A72 with NEON) or tvm-x86 (this host's CPU)."""
+    if name == "rpi4":
+        llvm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"],
+                "num-cores": 4}
+        return TvmTarget(llvm, None if platform.machine() == "aarch64" else CROSS_COMPILER)
+    if name == "tvm-x86":
+        if platform.machine() != "x86_64":
+            raise EdgeAsrError(f"target tvm-x86 builds for this machine's CPU, and this machine is {platform.machine()}.")
+        import os
+
+        from tvm.target import codegen
+
+        return TvmTarget({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
+    raise EdgeAsrError(f"{name} is not a TVM target (rpi4, tvm-x86).")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled function of a graph: its name in the module and the values of the graph's dynamic axes."""
+
+    function: str
+    axes: dict[str, int]
+
+
+def variants(role: str, dims: ModelDims) -> list[Variant]:
+    if role == "encoder":
+        return [Variant("encode", {"batch": 1, "frames": 2 * dims.n_audio_ctx})]
+    audio = {"batch": 1, "audio_ctx": dims.n_audio_ctx}
+    return [Variant("step", audio | {"n_tokens": 1, "k": 1}),
+            Variant("prompt", audio | {"n_tokens": PROMPT_CHUNK, "k": 2})]
+
+
+def static_graph(onnx_path: Path, axes: dict[str, int], out: Path) -> Path:
+    """``onnx_path`` with its dynamic axes fixed and every shape computation folded into constants."""
+    model = onnx.load(str(onnx_path))
+    for axis, value in axes.items():
+        make_dim_param_fixed(model.graph, axis, value)
+    fixed = out.with_suffix(".fixed.onnx")
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(fixed))
+    options = ort.SessionOptions()
+    # Basic level: constant folding and redundant-node removal only, all in standard ONNX operators.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(fixed), options, providers=["CPUExecutionProvider"])
+    fixed.unlink()
+    return out
+
+
+@dataclass
+class RelaxGraph:
+    """A graph's static variants as one Relax module, with their shared weights apart."""
+
+    module: "tvm.IRModule"
+    weights: dict[str, np.ndarray]  # in the order every function takes them, after its inputs
+    inputs: dict[str, list[str]]  # function -> its input names, in order
+    axes: dict[str, dict[str, int]]  # function -> the static values of the graph's dynamic axes
+
+
+def import_graph(onnx_path: Path, graph_variants: list[Variant], work: Path) -> RelaxGraph:
+    """Import each static variant of ``onnx_path`` into one Relax module whose functions share weights."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    functions, inputs = {}, {}
+    weights: dict[str, np.ndarray] | None = None
+    for variant in graph_variants:
+        folded = static_graph(onnx_path, variant.axes, work / f"{onnx_path.stem}.{variant.function}.onnx")
+        model = onnx.load(str(folded))
+        folded.unlink()
+        names = [i.name for i in model.graph.input]
+        variant_weights = _weights_as_inputs(model)
+        if weights is None:
+            weights = variant_weights
+        elif {n: w.shape for n, w in variant_weights.items()} != {n: w.shape for n, w in weights.items()}:
+            raise EdgeAsrError(f"the {variant.function} variant of {onnx_path.name} folded into other weights than "
+                               "the first variant, so they cannot share one weights file; this graph cannot be "
+                               "built for TVM yet.")
+        main = from_onnx(model)["main"]
+        functions[variant.function] = main.with_attr("global_symbol", variant.function)
+        inputs[variant.function] = names
+    return RelaxGraph(tvm.IRModule(functions), weights or {}, inputs, {v.function: v.axes for v in graph_variants})
+
+
+WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers are folded shapes and indices: they stay constants
+
+
+def _weights_as_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Turn the model's float weights into graph inputs after its own inputs, sorted by name; return them.
+
+    The importer's keep_params_in_input would lift every initializer, the folded shape constants
+    included, which Relax then no longer sees as constants.
+    """
+    graph = model.graph
+    lifted = sorted((t for t in graph.initializer if t.data_type in FLOAT_TYPES
+                     and int(np.prod(t.dims)) >= WEIGHT_MIN_ELEMENTS), key=lambda t: t.name)
+    for tensor in lifted:
+        graph.initializer.remove(tensor)
+        graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return {t.name: numpy_helper.to_array(t) for t in lifted}
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+
+
+def fused_kernels(module: "tvm.IRModule") -> "tvm.IRModule":
+    """Relax operators lowered to TIR kernels and fused: what tuning measures and the build schedules."""
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])(module)
+
+
+def build_library(graph: RelaxGraph, target: TvmTarget, out: Path, database_dir: Path | None, log) -> Path:
+    """Compile the module for ``target`` (with the tuned schedules in ``database_dir``, when given) into ``out``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+    from tvm.s_tir import dlight
+
+    llvm = tvm.target.Target(target.llvm)
+    database = _open_database(database_dir)
+
+    @tvm.transform.module_pass(opt_level=3)
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = fused_kernels(mod)
+        if database is not None:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        # Matrix-vector products and reductions the database does not cover get dlight's CPU rules.
+        mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
+        return tvm.transform.Sequential(cpu_pipeline.dataflow_lower_passes(llvm)
+                                        + cpu_pipeline.finalize_passes(llvm))(mod)
+
+    log(f"compiling {out.stem} for {target.llvm.get('mtriple', 'this host')} ({target.llvm['mcpu']})"
+        + (" with tuned schedules" if database is not None else ", untuned"))
+    with llvm, tvm.transform.PassContext(opt_level=3):
+        if database is not None:
+            with database:
+                executable = relax.build(graph.module, target=llvm, relax_pipeline=pipeline)
+        else:
+            executable = relax.build(graph.module, target=llvm, relax_pipeline=pipeline)
+    _export(executable, out, target)
+    return out
+
+
+def _open_database(database_dir: Path | None):
+    if database_dir is None or not (database_dir / "database_tuning_record.json").is_file():
+        return None
+    from tvm.s_tir import meta_schedule
+
+    return meta_schedule.database.JSONDatabase(work_dir=str(database_dir), allow_missing=False)
+
+
+def _export(executable, out: Path, target: TvmTarget) -> None:
+    if target.cross_compiler is None:
+        executable.export_library(str(out))
+        return
+    import shutil
+
+    from tvm.support import cc
+
+    if shutil.which(target.cross_compiler) is None:
+        raise EdgeAsrError(f"cross-linking for aarch64 needs {target.cross_compiler}: "
+                           "apt install g++-aarch64-linux-gnu (Debian/Ubuntu).")
+    executable.export_library(str(out), fcompile=cc.cross_compiler(target.cross_compiler))
+
+
+def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: ModelDims, database_dir: Path,
+              tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
+    """The bundle files and manifest entries of a TVM target, from the exported fp32 ONNX graphs.
+
+    Schedules already in ``database_dir`` are applied; with ``tuning``, the graphs are tuned into it first.
+    """
+    import tvm
+
+    target = tvm_target(target_name)
+    files, entries = {}, {}
+    for role, onnx_path in graphs.items():
+        log(f"importing the {role} into TVM Relax")
+        graph = import_graph(onnx_path, variants(role, dims), work)
+        if tuning is not None:
+            from edge_asr.compile.tvm_tuning import tune
+
+            tune(graph, target, database_dir, tuning.trials, tuning.rpc, log)
+        files[role] = build_library(graph, target, work / f"{role}.so", database_dir, log)
+        files[f"{role}_weights"] = work / f"{role}.params.npz"
+        np.savez(files[f"{role}_weights"], **graph.weights)
+        entries[role] = {"weights": list(graph.weights),
+                         "functions": {name: {"inputs": inputs, "axes": graph.axes[name]}
+                                       for name, inputs in graph.inputs.items()}}
+    records = _record_count(database_dir)
+    return files, {"tvm": {"version": tvm.__version__, "llvm_target": target.llvm,
+                           "tuning_records": records, "database": str(database_dir) if records else None,
+                           **entries}}
+
+
+def _record_count(database_dir: Path) -> int:
+    records = database_dir / "database_tuning_record.json"
+    if not records.is_file():
+        return 0
+    with open(records) as f:
+        return sum(1 for line in f if line.strip())

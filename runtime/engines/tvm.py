@@ -1,0 +1,178 @@
+"""The TVM engine: a bundle's compiled Relax modules (compile/tvm_build.py) run by TVM's runtime alone.
+
+Only libtvm_runtime is loaded (TVM_USE_RUNTIME_LIB), not the 240 MB compiler: a board needs the
+apache-tvm wheel installed, but runs none of its compiler. The modules have static shapes, one row
+each: the encoder takes one window of ``frames`` Mel frames; the decoder has a one-token ``step`` and a
+``prompt`` chunk of W tokens with two selected logits. Batches run row by row; a longer prompt runs
+chunk by chunk, and a chunk with more selected positions than the prompt function returns runs again
+(writing the same cache entries). Weights are loaded once from ``ROLE.params.npz`` and passed to every call.
+
+TVM takes numpy memory without a copy (DLPack) only when it is 64-byte aligned, so the caches and
+audio contexts live in arrays TVM allocates, seen from numpy.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from edge_asr.runtime.bundle import Bundle
+from edge_asr.runtime.engines.stacked import StackedAudioContext, StackedKVCache
+from edge_asr.runtime.errors import BundleError
+
+ALIGNMENT = 64
+
+
+def _import_tvm():
+    """TVM with only its runtime library, unless the process has already imported TVM (a compile or test
+    process, which needs the compiler too) or TVM_USE_RUNTIME_LIB says otherwise."""
+    runtime_only = "tvm" not in sys.modules and "TVM_USE_RUNTIME_LIB" not in os.environ
+    if runtime_only:
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # read once, at import; not left for child processes
+    try:
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+    except ImportError as err:
+        raise BundleError(f"this bundle needs TVM's runtime: pip install 'edge-asr[tvm-runtime]' ({err}).") from None
+    finally:
+        if runtime_only:
+            del os.environ["TVM_USE_RUNTIME_LIB"]
+    return tvm, VirtualMachine
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when TVM can share it, else a copy in memory TVM allocated (and so aligned)."""
+    if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
+        return array
+    tvm, _ = _import_tvm()
+    copy = np.from_dlpack(tvm.runtime.empty(array.shape, str(array.dtype)))
+    copy[...] = array
+    return copy
+
+
+def _row_layer_views(stacked: np.ndarray) -> list[list]:
+    """views[row][layer]: ``stacked[layer, row:row+1]`` as a TVM tensor sharing the memory."""
+    tvm, _ = _import_tvm()
+    return [[tvm.runtime.from_dlpack(stacked[layer, row : row + 1]) for layer in range(stacked.shape[0])]
+            for row in range(stacked.shape[1])]
+
+
+class TvmAudioContext(StackedAudioContext):
+    def _bind(self) -> list[list]:
+        self.cross_k, self.cross_v = _aligned(self.cross_k), _aligned(self.cross_v)
+        k, v = _row_layer_views(self.cross_k), _row_layer_views(self.cross_v)
+        return [k_row + v_row for k_row, v_row in zip(k, v, strict=True)]
+
+
+class TvmKVCache(StackedKVCache):
+    def _bind(self) -> list[list]:
+        self.self_k, self.self_v = _aligned(self.self_k), _aligned(self.self_v)
+        k, v = _row_layer_views(self.self_k), _row_layer_views(self.self_v)
+        return [k_row + v_row for k_row, v_row in zip(k, v, strict=True)]
+
+
+class _Function:
+    """One compiled function with its input names and the graph's weights."""
+
+    def __init__(self, vm, name: str, spec: dict, weights: list):
+        self.call, self.inputs, self.axes, self.weights = vm[name], spec["inputs"], spec["axes"], weights
+
+    def __call__(self, tensors: list) -> list[np.ndarray]:
+        outputs = self.call(*tensors, *self.weights)
+        return [np.from_dlpack(out) for out in outputs]
+
+
+class TvmEngine:
+    def __init__(self, bundle: Bundle, threads: int):
+        tvm, VirtualMachine = _import_tvm()
+        self.tvm, self.dims = tvm, bundle.dims
+        spec = bundle.manifest["tvm"]
+        _set_threads(tvm, threads)
+        functions = {}
+        for role in ("encoder", "decoder"):
+            try:
+                vm = VirtualMachine(tvm.runtime.load_module(str(bundle.file(role))), tvm.cpu())
+                weights = np.load(bundle.file(f"{role}_weights"))
+                tensors = [tvm.runtime.tensor(weights[name]) for name in spec[role]["weights"]]
+            except (OSError, ValueError, KeyError, tvm.error.TVMError) as err:
+                raise BundleError(f"TVM cannot load the {role} of {bundle.path}: {str(err).splitlines()[0]}") from None
+            for name, function in spec[role]["functions"].items():
+                functions[name] = _Function(vm, name, function, tensors)
+        self.encoder, self.step, self.prompt = functions["encode"], functions["step"], functions["prompt"]
+        self.frames = self.encoder.axes["frames"]
+        self.chunk, self.prompt_selects = self.prompt.axes["n_tokens"], self.prompt.axes["k"]
+
+    def encode(self, mel: np.ndarray) -> TvmAudioContext:
+        batch, n_mels, frames = mel.shape
+        if frames > self.frames:
+            raise ValueError(f"this bundle's encoder takes at most {self.frames} Mel frames, not {frames}")
+        window = np.zeros((1, n_mels, self.frames), np.float32)  # zeros past the audio, as window_mel pads
+        rows = []
+        for row in range(batch):
+            window[0, :, :frames] = mel[row]
+            rows.append(self.encoder([self.tvm.runtime.tensor(window)]))
+        cross_k, cross_v = (np.concatenate([r[i] for r in rows], axis=1) if batch > 1 else rows[0][i] for i in (0, 1))
+        return TvmAudioContext(cross_k, cross_v)
+
+    def new_cache(self, batch: int) -> TvmKVCache:
+        shape = (self.dims.n_text_layer, batch, self.dims.n_text_ctx, self.dims.n_text_state)
+        return TvmKVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def decode(self, tokens, offsets, cache: TvmKVCache, audio: TvmAudioContext, select) -> np.ndarray:
+        tokens, offsets, select = (np.asarray(a, dtype=np.int64) for a in (tokens, offsets, select))
+        if int(offsets.max()) + tokens.shape[1] > self.dims.n_text_ctx:
+            raise ValueError(f"decoder positions past the text context of {self.dims.n_text_ctx} tokens")
+        logits = np.empty((len(tokens), select.shape[1], self.dims.n_vocab), np.float32)
+        for row in range(len(tokens)):
+            logits[row] = self._decode_row(row, tokens[row], int(offsets[row]), cache, audio, select[row])
+        return logits
+
+    def _decode_row(self, row: int, tokens, offset: int, cache: TvmKVCache, audio: TvmAudioContext, select):
+        logits = np.empty((len(select), self.dims.n_vocab), np.float32)
+        start = 0
+        while start < len(tokens):
+            width = self.chunk if len(tokens) - start > 1 and offset + start + self.chunk <= self.dims.n_text_ctx else 1
+            chunk = tokens[start : start + width]
+            wanted = [i for i, position in enumerate(select) if start <= position < start + len(chunk)]
+            for group in _groups(wanted or [None], 1 if width == 1 else self.prompt_selects):
+                local = [select[i] - start if i is not None else 0 for i in group]
+                out = self._run(row, chunk, offset + start, width, local, cache, audio)
+                for j, i in enumerate(group):
+                    if i is not None:
+                        logits[i] = out[j]
+            start += len(chunk)
+        return logits
+
+    def _run(self, row, chunk, offset, width, local, cache, audio) -> np.ndarray:
+        """One call of step (width 1) or prompt; writes the chunk's keys and values; the selected logits."""
+        function = self.step if width == 1 else self.prompt
+        padded = np.zeros((1, width), np.int64)
+        padded[0, : len(chunk)] = chunk
+        selects = np.zeros((1, function.axes["k"]), np.int64)
+        selects[0, : len(local)] = local
+        small = {"tokens": padded, "offsets": np.array([offset], np.int64), "select": selects}
+        bound = dict(zip(_state_names(self.dims.n_text_layer), cache.values[row] + audio.values[row], strict=True))
+        tensors = [bound[name] if name in bound else self.tvm.runtime.tensor(small[name]) for name in function.inputs]
+        logits, new_k, new_v = function(tensors)
+        n = len(chunk)  # the padding's keys and values are not kept: they would sit past the row's tokens
+        cache.self_k[:, row, offset : offset + n] = new_k[:, 0, :n]
+        cache.self_v[:, row, offset : offset + n] = new_v[:, 0, :n]
+        return logits[0, : len(local)]
+
+
+def _state_names(layers: int) -> list[str]:
+    """Names of the per-layer cache and audio inputs, in the order TvmKVCache and TvmAudioContext bind them."""
+    return [f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(layers)]
+
+
+def _groups(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _set_threads(tvm, threads: int) -> None:
+    """TVM's thread pool size; it reads TVM_NUM_THREADS when made, and can be resized after."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    configure = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if configure is not None:
+        configure(1, threads)  # 1: big cores first (all of a Pi 4's cores are alike)

@@ -1,0 +1,64 @@
+"""An arm64 Debian root in which the aarch64 bundles' tests run edge-asr under qemu-user emulation.
+
+    python3 tests/arm64_root.py [ROOT]     # debootstrap (as root, ~4 min), then the runtime's wheels
+
+The root holds Debian's python3 and, in ROOT/opt/edge-asr, the aarch64 wheels of the runtime's
+dependencies, installed by the host's pip (``--platform``) rather than by pip under emulation. edge-asr's
+runtime is copied in per test run, from the working tree. Nothing runs as a chroot: qemu-aarch64-static
+-L ROOT finds the root's loader and libraries, and needs no privileges or binfmt registration.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_ROOT = Path.home() / ".cache" / "edge-asr" / "arm64-root"
+SITE = "opt/edge-asr"  # inside the root
+QEMU = "qemu-aarch64-static"
+# The runtime's dependencies for a TVM bundle (onnxruntime is left out: the TVM engine does not need it).
+PACKAGES = ["numpy==2.4.6", "soundfile==0.14.0", "soxr==1.1.0", "tokenizers==0.23.3",
+            "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1"]
+
+
+def root_path() -> Path:
+    return Path(os.environ.get("EDGE_ASR_ARM64_ROOT", DEFAULT_ROOT))
+
+
+def missing_tools(root: Path) -> str | None:
+    """Why the emulated tests cannot run here, or None."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed (apt install qemu-user-static)"
+    if not (root / "usr/bin/python3").is_file() or not (root / SITE / "tvm").is_dir():
+        return f"no arm64 root with the runtime's packages at {root} (make one: python3 tests/arm64_root.py)"
+    return None
+
+
+def make_root(root: Path) -> None:
+    if not (root / "usr/bin/python3").is_file():
+        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,libgomp1",
+                        "bookworm", str(root), "http://deb.debian.org/debian"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-conflicts", "--upgrade",
+                    "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
+                    "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                    "--target", str(root / SITE), *PACKAGES], check=True)
+
+
+def install_runtime(repo: Path, into: Path) -> Path:
+    """edge_asr.runtime from the working tree into ``into``: all a board needs to run a bundle."""
+    shutil.copytree(repo / "runtime", into / "edge_asr" / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
+def run_python(root: Path, paths: list[Path], args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """The root's python3 under emulation, with the root's packages and ``paths`` importable."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "QEMU_LD_PREFIX": str(root),
+           "PYTHONPATH": os.pathsep.join(str(p) for p in [*paths, root / SITE])}
+    return subprocess.run([QEMU, str(root / "usr/bin/python3"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+if __name__ == "__main__":
+    make_root(Path(sys.argv[1]) if len(sys.argv) > 1 else root_path())
