@@ -48,6 +48,8 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         raise EdgeAsrError(f"target {target} builds {' or '.join(BACKEND_PRECISIONS[backend])}, not {precision}.")
     if tuning is not None and backend != "tvm":
         raise EdgeAsrError(f"--tune tunes TVM modules; target {target} is built with {backend}.")
+    if tuning is not None:
+        tuning.check(target)
     from edge_asr.compile.onnx_export import export_decoder, export_encoder
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model

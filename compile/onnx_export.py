@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from edge_asr.models.whisper_torch import WhisperModel
+from edge_asr.runtime.engines.base import cache_input_names
 
 OPSET = 17  # the first opset with a native LayerNormalization op (one node instead of a chain).
 
@@ -54,10 +55,6 @@ class _DecoderGraph(nn.Module):
         return self.decoder(tokens, offsets, *per_layer, select)
 
 
-def _cache_names(layers: int) -> list[str]:
-    return [f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(layers)]
-
-
 def export_decoder(model: WhisperModel, path: Path) -> Path:
     """Write the decoder graph: one cached pass for a batch of token rows, each at its own offset."""
     dims = model.dims
@@ -73,7 +70,7 @@ def export_decoder(model: WhisperModel, path: Path) -> Path:
         *[cross] * (2 * layers),
         torch.zeros(batch, 1, dtype=torch.int64),
     )
-    names = _cache_names(layers)
+    names = cache_input_names(layers)
     inputs = {"tokens": {0: "batch", 1: "n_tokens"}, "offsets": {0: "batch"}}
     inputs |= {name: {0: "batch"} if name.startswith("self") else {0: "batch", 2: "audio_ctx"} for name in names}
     inputs["select"] = {0: "batch", 1: "k"}

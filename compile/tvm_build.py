@@ -6,13 +6,15 @@ its best with static shapes anyway. So each graph is fixed to static shapes and 
 onnxruntime first, and the decoder is built in two static variants that share one set of weights: a
 one-token step, and a prompt chunk of PROMPT_CHUNK tokens (longer prompts run chunk by chunk).
 
-Weights stay out of the compiled code (``keep_params_in_input``): both decoder variants take the same
-arrays, saved once per graph in ``ROLE.params.npz``; the runtime loads them once and passes them on
+Weights stay out of the compiled code (lifted to function inputs): both decoder variants take the
+same arrays, saved once per graph in ``ROLE.params.npz``; the runtime loads them once and passes them on
 every call. A graph's files: ``ROLE.so`` (the Relax executable, an ELF for the target's CPU) and
 ``ROLE.params.npz``; its manifest entry lists each function's input names and the weights' order.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import onnxruntime as ort
+from onnx import numpy_helper
 from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
 from edge_asr.runtime.dims import ModelDims
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 
 PROMPT_CHUNK = 16  # tokens per prompt pass: a prompt of sot + language + task is 1-4 tokens, with
 # the previous text up to 224; 16 covers the usual prompt in one pass at ~10x the cost of a step.
+
+WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers are folded shapes and indices: they stay constants
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"  # Debian's gcc-aarch64-linux-gnu / g++-aarch64-linux-gnu
 
@@ -56,8 +61,6 @@ def tvm_target(name: str) -> TvmTarget:
     if name == "tvm-x86":
         if platform.machine() != "x86_64":
             raise EdgeAsrError(f"target tvm-x86 builds for this machine's CPU, and this machine is {platform.machine()}.")
-        import os
-
         from tvm.target import codegen
 
         return TvmTarget({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
@@ -131,9 +134,6 @@ def import_graph(onnx_path: Path, graph_variants: list[Variant], work: Path) -> 
     return RelaxGraph(tvm.IRModule(functions), weights or {}, inputs, {v.function: v.axes for v in graph_variants})
 
 
-WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers are folded shapes and indices: they stay constants
-
-
 def _weights_as_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Turn the model's float weights into graph inputs after its own inputs, sorted by name; return them.
 
@@ -147,9 +147,6 @@ def _weights_as_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         graph.initializer.remove(tensor)
         graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return {t.name: numpy_helper.to_array(t) for t in lifted}
-
-
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 def fused_kernels(module: "tvm.IRModule") -> "tvm.IRModule":
@@ -174,7 +171,7 @@ def build_library(graph: RelaxGraph, target: TvmTarget, out: Path, database_dir:
     from tvm.s_tir import dlight
 
     llvm = tvm.target.Target(target.llvm)
-    database = _open_database(database_dir)
+    database = tuning_database(database_dir) if database_dir and _record_count(database_dir) else None
 
     @tvm.transform.module_pass(opt_level=3)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -188,22 +185,17 @@ def build_library(graph: RelaxGraph, target: TvmTarget, out: Path, database_dir:
 
     log(f"compiling {out.stem} for {target.llvm.get('mtriple', 'this host')} ({target.llvm['mcpu']})"
         + (" with tuned schedules" if database is not None else ", untuned"))
-    with llvm, tvm.transform.PassContext(opt_level=3):
-        if database is not None:
-            with database:
-                executable = relax.build(graph.module, target=llvm, relax_pipeline=pipeline)
-        else:
-            executable = relax.build(graph.module, target=llvm, relax_pipeline=pipeline)
+    with llvm, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
+        executable = relax.build(graph.module, target=llvm, relax_pipeline=pipeline)
     _export(executable, out, target)
     return out
 
 
-def _open_database(database_dir: Path | None):
-    if database_dir is None or not (database_dir / "database_tuning_record.json").is_file():
-        return None
+def tuning_database(database_dir: Path):
+    """MetaSchedule's JSON database in ``database_dir`` (made when missing): what tuning adds to and builds apply."""
     from tvm.s_tir import meta_schedule
 
-    return meta_schedule.database.JSONDatabase(work_dir=str(database_dir), allow_missing=False)
+    return meta_schedule.database.JSONDatabase(work_dir=str(database_dir))
 
 
 def _export(executable, out: Path, target: TvmTarget) -> None:
@@ -236,7 +228,7 @@ def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: Model
         if tuning is not None:
             from edge_asr.compile.tvm_tuning import tune
 
-            tune(graph, target, database_dir, tuning.trials, tuning.rpc, log)
+            tune(graph, target, database_dir, tuning, log)
         files[role] = build_library(graph, target, work / f"{role}.so", database_dir, log)
         files[f"{role}_weights"] = work / f"{role}.params.npz"
         np.savez(files[f"{role}_weights"], **graph.weights)

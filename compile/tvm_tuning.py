@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.compile.tvm_build import RelaxGraph, TvmTarget, fused_kernels
+from edge_asr.compile.tvm_build import RelaxGraph, TvmTarget, fused_kernels, tuning_database, tvm_target
 from edge_asr.runtime.errors import EdgeAsrError
 
 
@@ -39,15 +39,19 @@ class TuningRequest:
     trials: int
     rpc: RpcTracker | None = None
 
+    def check(self, target_name: str) -> None:
+        """Refuse, before any work, to tune for another CPU on this host."""
+        if tvm_target(target_name).cross_compiler is not None and self.rpc is None:
+            raise EdgeAsrError("tuning for another CPU measures on the board itself: give --rpc HOST:PORT of a TVM "
+                               "RPC tracker the board is registered with (or build untuned, without --tune).")
 
-def tune(graph: RelaxGraph, target: TvmTarget, database_dir: Path, trials: int, rpc: RpcTracker | None, log) -> None:
-    """Tune every kernel of ``graph`` with ``trials`` measurements in all, adding them to ``database_dir``."""
+
+def tune(graph: RelaxGraph, target: TvmTarget, database_dir: Path, request: TuningRequest, log) -> None:
+    """Tune every kernel of ``graph`` with ``request.trials`` measurements in all, adding them to ``database_dir``."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    if target.cross_compiler is not None and rpc is None:
-        raise EdgeAsrError("tuning for another CPU measures on the board itself: give --rpc HOST:PORT of a TVM "
-                           "RPC tracker the board is registered with (or build untuned, without --tune).")
+    trials, rpc = request.trials, request.rpc
     database_dir.mkdir(parents=True, exist_ok=True)
     llvm = tvm.target.Target(target.llvm)
     with llvm:
@@ -61,11 +65,11 @@ def tune(graph: RelaxGraph, target: TvmTarget, database_dir: Path, trials: int, 
     runner = "local"
     if rpc is not None:
         runner = ms.runner.RPCRunner(ms.runner.RPCConfig(rpc.host, rpc.port, rpc.key, session_timeout_sec=120))
-    with tempfile.TemporaryDirectory(prefix="edge-asr-tune-") as logs:
-        # MetaSchedule writes its logs and database into one work_dir; the database is moved out after.
+    with tempfile.TemporaryDirectory(prefix="edge-asr-tune-") as logs:  # MetaSchedule's per-task logs
         ms.relax_integration.tune_relax(
             mod=kernels, params={}, target=llvm, work_dir=logs, max_trials_global=trials,
-            num_trials_per_iter=TRIALS_PER_ROUND, builder=builder, runner=runner, database=_database(database_dir), seed=0,
+            num_trials_per_iter=TRIALS_PER_ROUND, builder=builder, runner=runner,
+            database=tuning_database(database_dir), seed=0,
         )
 
 
@@ -83,12 +87,6 @@ def _build_candidate(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
-
-
-def _database(database_dir: Path):
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.database.JSONDatabase(work_dir=str(database_dir))
 
 
 def _cross_exporter(compiler: str | None):

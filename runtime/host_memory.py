@@ -27,7 +27,7 @@ def host_buffer(
     collected: they keep the ctypes block that owns the pointer alive through ``.base``."""
     if not pinned:
         return np.zeros(shape, dtype)
-    cudart = _cudart()
+    cudart = cuda_runtime()
     dtype = np.dtype(dtype)
     count = int(np.prod(shape))
     nbytes = max(count * dtype.itemsize, 1)  # cudaHostAlloc of 0 bytes gives no pointer to wrap
@@ -47,7 +47,7 @@ def host_buffer(
     return array
 
 
-def _cudart() -> ModuleType:
+def cuda_runtime() -> ModuleType:
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:

@@ -2,7 +2,7 @@
 
     python3 arm64_probe.py BUNDLE AUDIO OUT.npz
 
-Saves the first 30 s window's Mel input, the encoder's cross-attention keys and the logits of a
+Saves the first 30 s window's Mel input, the prompt's tokens, the encoder's cross-attention keys and the logits of a
 two-token prompt (sot, no-timestamps), then transcribes AUDIO and prints {"text": ..., "tvm_libraries":
 [the TVM libraries the engine loaded]} as JSON.
 Imports only edge_asr.runtime: this is what a board runs.
@@ -29,7 +29,7 @@ def main(bundle: str, audio: str, out: str) -> None:
     context = engine.encode(mel)
     tokens = np.array([[tokenizer.sot, tokenizer.no_timestamps]])
     logits = engine.decode(tokens, np.zeros(1, np.int64), engine.new_cache(1), context, np.array([[0, 1]]))
-    np.savez(out, mel=mel, cross_k=np.asarray(context.cross_k), logits=logits)
+    np.savez(out, mel=mel, tokens=tokens, cross_k=np.asarray(context.cross_k), logits=logits)
     import tvm  # already imported by the engine, in the mode it chose
 
     print(json.dumps({"text": transcriber.transcribe(audio).text, "tvm_libraries": sorted(tvm.base._LOADED_LIBS)}))

@@ -25,6 +25,21 @@ from typing import Protocol
 import numpy as np
 
 from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.errors import BundleError
+
+CACHE_INPUTS = ("self_k", "self_v", "cross_k", "cross_v")
+
+
+def cache_input_names(layers: int) -> list[str]:
+    """The decoder graph's per-layer cache and audio inputs, in the order the export gives them."""
+    return [f"{name}_{layer}" for name in CACHE_INPUTS for layer in range(layers)]
+
+
+def check_decoder_inputs(inputs: set[str], layers: int, graph) -> None:
+    """A decoder ``graph`` must take exactly the inputs every engine feeds for ``layers`` layers."""
+    if inputs != {"tokens", "offsets", "select", *cache_input_names(layers)}:
+        raise BundleError(f"{graph} does not take the inputs of a {layers}-layer decoder as this edge-asr feeds "
+                          "them: recompile the bundle with `edge-asr compile`.")
 
 
 class AudioContext(Protocol):

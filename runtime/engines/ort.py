@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_asr.runtime.dims import ModelDims
+from edge_asr.runtime.engines.base import check_decoder_inputs
 from edge_asr.runtime.engines.stacked import StackedAudioContext, StackedKVCache
 from edge_asr.runtime.errors import BundleError
 
@@ -86,17 +87,7 @@ class OrtEngine:
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise BundleError(f"onnxruntime cannot load {encoder.parent}: {str(err).splitlines()[0]}") from None
         self.dims = dims
-        self._check_decoder_inputs(decoder)
-
-    def _check_decoder_inputs(self, decoder: Path) -> None:
-        """The graph must take exactly the inputs this engine feeds for the manifest's dimensions."""
-        layers = range(self.dims.n_text_layer)
-        wanted = {"tokens", "offsets", "select"} | {
-            f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in layers
-        }
-        if {i.name for i in self.decoder.get_inputs()} != wanted:
-            raise BundleError(f"{decoder} does not take the inputs of a {self.dims.n_text_layer}-layer decoder "
-                              "as this edge-asr feeds them: recompile the bundle with `edge-asr compile`.")
+        check_decoder_inputs({i.name for i in self.decoder.get_inputs()}, dims.n_text_layer, decoder)
 
     def encode(self, mel: np.ndarray) -> OrtAudioContext:
         cross_k, cross_v = self.encoder.run(None, {"mel": np.ascontiguousarray(mel, dtype=np.float32)})

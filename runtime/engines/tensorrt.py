@@ -23,8 +23,9 @@ from types import ModuleType
 import numpy as np
 
 from edge_asr.runtime.bundle import Bundle
+from edge_asr.runtime.engines.base import check_decoder_inputs
 from edge_asr.runtime.errors import BundleError, EdgeAsrError
-from edge_asr.runtime.host_memory import _cudart, host_buffer
+from edge_asr.runtime.host_memory import cuda_runtime, host_buffer
 
 PLATFORM_KEYS = ("version", "device", "compute_capability")
 FLOAT32_BYTES = 4  # the caches and audio contexts are the graphs' fp32 inputs, whatever precision runs inside
@@ -38,7 +39,7 @@ def load_backend() -> tuple[ModuleType, ModuleType]:
         raise BundleError("TensorRT bundles need the tensorrt Python package, which JetPack installs on the board "
                           "(apt-get install python3-libnvinfer); it is not importable here.") from None
     try:
-        cudart = _cudart()
+        cudart = cuda_runtime()
     except EdgeAsrError:
         raise BundleError("TensorRT bundles need cuda-python for their GPU buffers: "
                           "pip install 'edge-asr[tensorrt]'.") from None
@@ -313,16 +314,7 @@ class TensorRTEngine:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engines it made
         self._encoder = _PlanRunner(trt, cuda, self._runtime, bundle.file("encoder"))
         self._decoder = _PlanRunner(trt, cuda, self._runtime, bundle.file("decoder"))
-        self._check_decoder_inputs(bundle)
-
-    def _check_decoder_inputs(self, bundle: Bundle) -> None:
-        layers = range(self.dims.n_text_layer)
-        wanted = {"tokens", "offsets", "select"} | {
-            f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in layers
-        }
-        if self._decoder.inputs != wanted:
-            raise BundleError(f"{bundle.file('decoder')} does not take the inputs of a {self.dims.n_text_layer}-layer "
-                              "decoder as this edge-asr feeds them: recompile the bundle with `edge-asr compile`.")
+        check_decoder_inputs(self._decoder.inputs, self.dims.n_text_layer, bundle.file("decoder"))
 
     def encode(self, mel: np.ndarray) -> TensorRTAudioContext:
         runner = self._encoder

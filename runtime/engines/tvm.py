@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from edge_asr.runtime.bundle import Bundle
+from edge_asr.runtime.engines.base import cache_input_names
 from edge_asr.runtime.engines.stacked import StackedAudioContext, StackedKVCache
 from edge_asr.runtime.errors import BundleError
 
@@ -41,35 +42,43 @@ def _import_tvm():
     return tvm, VirtualMachine
 
 
+def _tvm_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A zeroed numpy array in memory TVM allocated (and so aligned for sharing)."""
+    tvm, _ = _import_tvm()
+    array = np.from_dlpack(tvm.runtime.empty(shape, np.dtype(dtype).name))
+    array[...] = 0
+    return array
+
+
 def _aligned(array: np.ndarray) -> np.ndarray:
-    """``array`` itself when TVM can share it, else a copy in memory TVM allocated (and so aligned)."""
+    """``array`` itself when TVM can share it, else a copy in memory TVM allocated."""
     if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
         return array
-    tvm, _ = _import_tvm()
-    copy = np.from_dlpack(tvm.runtime.empty(array.shape, str(array.dtype)))
+    copy = _tvm_zeros(array.shape, array.dtype)
     copy[...] = array
     return copy
 
 
-def _row_layer_views(stacked: np.ndarray) -> list[list]:
-    """views[row][layer]: ``stacked[layer, row:row+1]`` as a TVM tensor sharing the memory."""
+def _row_views(k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list]]:
+    """Both stacked arrays, aligned for TVM, and per row the TVM tensors sharing their memory:
+    ``views[row]`` = ``k[layer, row:row+1]`` for every layer, then the same of ``v``."""
     tvm, _ = _import_tvm()
-    return [[tvm.runtime.from_dlpack(stacked[layer, row : row + 1]) for layer in range(stacked.shape[0])]
-            for row in range(stacked.shape[1])]
+    k, v = _aligned(k), _aligned(v)
+    views = [[tvm.runtime.from_dlpack(stacked[layer, row : row + 1]) for stacked in (k, v)
+              for layer in range(stacked.shape[0])] for row in range(k.shape[1])]
+    return k, v, views
 
 
 class TvmAudioContext(StackedAudioContext):
     def _bind(self) -> list[list]:
-        self.cross_k, self.cross_v = _aligned(self.cross_k), _aligned(self.cross_v)
-        k, v = _row_layer_views(self.cross_k), _row_layer_views(self.cross_v)
-        return [k_row + v_row for k_row, v_row in zip(k, v, strict=True)]
+        self.cross_k, self.cross_v, views = _row_views(self.cross_k, self.cross_v)
+        return views
 
 
 class TvmKVCache(StackedKVCache):
     def _bind(self) -> list[list]:
-        self.self_k, self.self_v = _aligned(self.self_k), _aligned(self.self_v)
-        k, v = _row_layer_views(self.self_k), _row_layer_views(self.self_v)
-        return [k_row + v_row for k_row, v_row in zip(k, v, strict=True)]
+        self.self_k, self.self_v, views = _row_views(self.self_k, self.self_v)
+        return views
 
 
 class _Function:
@@ -102,6 +111,7 @@ class TvmEngine:
         self.encoder, self.step, self.prompt = functions["encode"], functions["step"], functions["prompt"]
         self.frames = self.encoder.axes["frames"]
         self.chunk, self.prompt_selects = self.prompt.axes["n_tokens"], self.prompt.axes["k"]
+        self.state_names = cache_input_names(self.dims.n_text_layer)  # the order _row_views binds them
 
     def encode(self, mel: np.ndarray) -> TvmAudioContext:
         batch, n_mels, frames = mel.shape
@@ -117,7 +127,7 @@ class TvmEngine:
 
     def new_cache(self, batch: int) -> TvmKVCache:
         shape = (self.dims.n_text_layer, batch, self.dims.n_text_ctx, self.dims.n_text_state)
-        return TvmKVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        return TvmKVCache(_tvm_zeros(shape), _tvm_zeros(shape))
 
     def decode(self, tokens, offsets, cache: TvmKVCache, audio: TvmAudioContext, select) -> np.ndarray:
         tokens, offsets, select = (np.asarray(a, dtype=np.int64) for a in (tokens, offsets, select))
@@ -152,18 +162,13 @@ class TvmEngine:
         selects = np.zeros((1, function.axes["k"]), np.int64)
         selects[0, : len(local)] = local
         small = {"tokens": padded, "offsets": np.array([offset], np.int64), "select": selects}
-        bound = dict(zip(_state_names(self.dims.n_text_layer), cache.values[row] + audio.values[row], strict=True))
+        bound = dict(zip(self.state_names, cache.values[row] + audio.values[row], strict=True))
         tensors = [bound[name] if name in bound else self.tvm.runtime.tensor(small[name]) for name in function.inputs]
         logits, new_k, new_v = function(tensors)
         n = len(chunk)  # the padding's keys and values are not kept: they would sit past the row's tokens
         cache.self_k[:, row, offset : offset + n] = new_k[:, 0, :n]
         cache.self_v[:, row, offset : offset + n] = new_v[:, 0, :n]
         return logits[0, : len(local)]
-
-
-def _state_names(layers: int) -> list[str]:
-    """Names of the per-layer cache and audio inputs, in the order TvmKVCache and TvmAudioContext bind them."""
-    return [f"{name}_{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(layers)]
 
 
 def _groups(items: list, size: int) -> list[list]:
