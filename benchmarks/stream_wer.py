@@ -25,6 +25,7 @@ from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognize
 from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.streaming.vad import SileroVad
 from edge_asr.runtime.transcriber import Transcriber
+from edge_asr.runtime.windows import STOCK_MIN_CONTEXT_S
 
 BLOCK = 512
 
@@ -63,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-context", type=float, default=StreamOptions().min_context_s, metavar="S",
-                        help="the shortest encoder input with --encoder-context utterance (default: %(default)s)")
+    parser.add_argument("--min-context", type=float, metavar="S",
+                        help="the shortest encoder input with --encoder-context utterance (default: the model's: "
+                        f"{STOCK_MIN_CONTEXT_S:g} s for stock Whisper, none for a model that needs no padding)")
     parser.add_argument("--pad-before-ms", type=int, default=VadOptions().pad_before_ms, metavar="MS")
     parser.add_argument("--pad-after-ms", type=int, default=VadOptions().pad_after_ms, metavar="MS")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -32,9 +32,10 @@ def default_precision(target: str) -> str:
 
 def compile_bundle(model: str, precision: str | None, out: Path, target: str = "cpu",
                    tuning: TuningRequest | None = None, database_dir: Path | None = None,
-                   log=lambda msg: print(msg, file=sys.stderr)) -> Path:
+                   adapter: Path | None = None, log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Build a bundle of ``model`` (a zoo name or a checkpoint path) for ``target`` into ``out``.
 
+    ``adapter``, a LoRA adapter directory trained on ``model``, is merged into its weights first.
     TVM targets apply the tuned schedules in ``database_dir`` (default: OUT.tuning beside the bundle),
     after tuning into it when ``tuning`` is given. The bundle is assembled in a temporary sibling
     directory and moved into place at the end, so an interrupted compile never leaves a half-written
@@ -56,8 +57,14 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
 
     out = Path(out)
     _check_replaceable(out)
+    adapter_entry = _adapter_entry(adapter) if adapter is not None else None  # a bad adapter fails before any work
     log(f"reading {model}")
     checkpoint = resolve_model(model)
+    if adapter is not None:
+        from edge_asr.models.lora import apply_adapter
+
+        log(f"merging the LoRA adapter {adapter}")
+        checkpoint = apply_adapter(checkpoint, adapter)
     try:
         torch_model = from_checkpoint(checkpoint)
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
@@ -69,11 +76,13 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         log("exporting the encoder and the decoder to ONNX")
         graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
                   "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
-        files, extra = _build_engines(graphs, work, target, precision, checkpoint.dims,
+        files, extra = _build_engines(graphs, work, target, precision, checkpoint,
                                       database_dir or out.parent / f"{out.name}.tuning", tuning, log)
         shutil.copyfile(checkpoint.tokenizer_json, work / "tokenizer.json")
         files["tokenizer"] = work / "tokenizer.json"
         manifest = _manifest(checkpoint, target, precision, files)
+        if adapter_entry is not None:
+            manifest["source"]["adapter"] = adapter_entry
         shapes = extra.pop("shapes", {})
         manifest |= extra
         manifest["shapes"] |= shapes
@@ -106,18 +115,18 @@ def _is_bundle(path: Path) -> bool:
         return False
 
 
-def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: str, dims, database_dir: Path,
-                   tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
+def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: str, checkpoint,
+                   database_dir: Path, tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
     """The engine files for ``target`` from the exported fp32 graphs, and the manifest entries they add."""
     backend = TARGETS[target].backend
     if backend == "tvm":
         from edge_asr.compile.tvm_build import build_tvm
 
-        return build_tvm(graphs, work, target, dims, database_dir, tuning, log)
+        return build_tvm(graphs, work, target, checkpoint.dims, checkpoint.window_policy, database_dir, tuning, log)
     if backend == "tensorrt":
         from edge_asr.compile.tensorrt_build import build_tensorrt
 
-        return build_tensorrt(graphs["encoder"], graphs["decoder"], work, target, dims, log)
+        return build_tensorrt(graphs["encoder"], graphs["decoder"], work, target, checkpoint.dims, log)
     return {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}, {}
 
 
@@ -137,6 +146,15 @@ def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:
     return final
 
 
+def _adapter_entry(directory: Path) -> dict:
+    """The manifest's record of a LoRA adapter, read (and checked against its weights) from adapter.json."""
+    from edge_asr.models.lora import read_adapter_info
+
+    info = read_adapter_info(directory)
+    return {"name": Path(directory).name, "sha256": info["weights_sha256"], "base_model": info["base_model"],
+            "base_sha256": info["base_sha256"]}
+
+
 def _manifest(checkpoint, target: str, precision: str, files: dict[str, Path]) -> dict:
     dims = checkpoint.dims
     tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, dims.multilingual, dims.num_languages)
@@ -152,7 +170,7 @@ def _manifest(checkpoint, target: str, precision: str, files: dict[str, Path]) -
             "special_tokens": {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS},
             "suppress_tokens": checkpoint.suppress_tokens,
             "languages": list(tokenizer.language_codes) if dims.multilingual else ["en"],
-            "needs_30s_padding": True,
+            **checkpoint.window_policy.to_dict(),
         },
         "backend": TARGETS[target].backend,
         "target": target,

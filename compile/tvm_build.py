@@ -6,10 +6,18 @@ its best with static shapes anyway. So each graph is fixed to static shapes and 
 onnxruntime first, and the decoder is built in two static variants that share one set of weights: a
 one-token step, and a prompt chunk of PROMPT_CHUNK tokens (longer prompts run chunk by chunk).
 
-Weights stay out of the compiled code (lifted to function inputs): both decoder variants take the
-same arrays, saved once per graph in ``ROLE.params.npz``; the runtime loads them once and passes them on
-every call. A graph's files: ``ROLE.so`` (the Relax executable, an ELF for the target's CPU) and
-``ROLE.params.npz``; its manifest entry lists each function's input names and the weights' order.
+A stock model's encoder takes the full 30 s window. A model that needs no 30 s padding is built for
+each of a few window lengths (WINDOW_BUCKETS): an encoder per bucket, and a step and prompt per bucket
+for the audio context that bucket makes (half its frames), since the cross-attention keys and values
+have the bucket's length. The runtime pads a window to the smallest bucket that holds it: such a
+model was trained on its audio plus a margin of silence, and takes more silence as well.
+
+Weights stay out of the compiled code (lifted to function inputs): the variants of a graph take the same
+arrays where folding left them alike, saved once per graph in ``ROLE.params.npz``; the runtime loads
+them once and passes them on every call. A graph's files: ``ROLE.so`` (the Relax executable, an ELF for
+the target's CPU) and ``ROLE.params.npz``; its manifest entry lists each function's input names and the
+weights' order, and a function whose weights differ (a shorter encoder's folded slice of the
+positional embedding) lists its own.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines.ort import helper_session_options
 from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.windows import WindowPolicy
 
 if TYPE_CHECKING:
     import tvm
@@ -37,6 +46,11 @@ if TYPE_CHECKING:
 
 PROMPT_CHUNK = 16  # tokens per prompt pass: a prompt of sot + language + task is 1-4 tokens, with
 # the previous text up to 224; 16 covers the usual prompt in one pass at ~10x the cost of a step.
+
+# Encoder windows (Mel frames, 100 a second) a model that needs no 30 s padding is built for, besides its
+# full window: each bucket is one more encoder and decoder pair to compile, and a window is padded up to
+# the next bucket, so a few cover short utterances without paying the full 30 s for them.
+WINDOW_BUCKETS = (1000, 2000)
 
 WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers are folded shapes and indices: they stay constants
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -75,12 +89,28 @@ class Variant:
     axes: dict[str, int]
 
 
-def variants(role: str, dims: ModelDims) -> list[Variant]:
-    if role == "encoder":
-        return [Variant("encode", {"batch": 1, "frames": 2 * dims.n_audio_ctx})]
-    audio = {"batch": 1, "audio_ctx": dims.n_audio_ctx}
-    return [Variant("step", audio | {"n_tokens": 1, "k": 1}),
-            Variant("prompt", audio | {"n_tokens": PROMPT_CHUNK, "k": 2})]
+def window_buckets(dims: ModelDims, policy: WindowPolicy) -> tuple[int, ...]:
+    """The encoder window lengths to build, longest (the model's full window) first."""
+    full = 2 * dims.n_audio_ctx
+    if policy.needs_30s_padding:
+        return (full,)
+    return (full, *sorted((b for b in WINDOW_BUCKETS if b < full), reverse=True))
+
+
+def variants(role: str, dims: ModelDims, buckets: tuple[int, ...] | None = None) -> list[Variant]:
+    """The graph's functions for each window bucket (default: the full window alone). The full window's
+    keep the plain names (encode, step, prompt), the others add their frames (encode_1000, step_1000...)."""
+    full = 2 * dims.n_audio_ctx
+    found = []
+    for frames in buckets or (full,):
+        suffix = "" if frames == full else f"_{frames}"
+        if role == "encoder":
+            found.append(Variant(f"encode{suffix}", {"batch": 1, "frames": frames}))
+            continue
+        audio = {"batch": 1, "audio_ctx": frames // 2}
+        found += [Variant(f"step{suffix}", audio | {"n_tokens": 1, "k": 1}),
+                  Variant(f"prompt{suffix}", audio | {"n_tokens": PROMPT_CHUNK, "k": 2})]
+    return found
 
 
 def static_graph(onnx_path: Path, axes: dict[str, int], out: Path) -> Path:
@@ -101,37 +131,54 @@ def static_graph(onnx_path: Path, axes: dict[str, int], out: Path) -> Path:
 
 @dataclass
 class RelaxGraph:
-    """A graph's static variants as one Relax module, with their shared weights apart."""
+    """A graph's static variants as one Relax module, with their weights apart."""
 
     module: "tvm.IRModule"
-    weights: dict[str, np.ndarray]  # in the order every function takes them, after its inputs
+    weights: dict[str, np.ndarray]  # every function's, each array once
     inputs: dict[str, list[str]]  # function -> its input names, in order
     axes: dict[str, dict[str, int]]  # function -> the static values of the graph's dynamic axes
+    function_weights: dict[str, list[str]]  # function -> the weights it takes after its inputs, in order
 
 
 def import_graph(onnx_path: Path, graph_variants: list[Variant], work: Path) -> RelaxGraph:
-    """Import each static variant of ``onnx_path`` into one Relax module whose functions share weights."""
+    """Import each static variant of ``onnx_path`` into one Relax module whose functions share the weights
+    that folded alike; a weight that folded otherwise than an earlier variant's is renamed FUNCTION:NAME."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    functions, inputs = {}, {}
-    weights: dict[str, np.ndarray] | None = None
+    functions, inputs, function_weights = {}, {}, {}
+    weights: dict[str, np.ndarray] = {}
     for variant in graph_variants:
         folded = static_graph(onnx_path, variant.axes, work / f"{onnx_path.stem}.{variant.function}.onnx")
         model = onnx.load(str(folded))
         folded.unlink()
         names = [i.name for i in model.graph.input]
-        variant_weights = _weights_as_inputs(model)
-        if weights is None:
-            weights = variant_weights
-        elif {n: w.shape for n, w in variant_weights.items()} != {n: w.shape for n, w in weights.items()}:
-            raise EdgeAsrError(f"the {variant.function} variant of {onnx_path.name} folded into other weights than "
-                               "the first variant, so they cannot share one weights file; this graph cannot be "
-                               "built for TVM yet.")
+        taken = []
+        for name, array in _weights_as_inputs(model).items():
+            if name in weights and not _same_array(weights[name], array):
+                name = _rename_input(model.graph, name, f"{variant.function}:{name}")
+            weights.setdefault(name, array)
+            taken.append(name)
         main = from_onnx(model)["main"]
         functions[variant.function] = main.with_attr("global_symbol", variant.function)
         inputs[variant.function] = names
-    return RelaxGraph(tvm.IRModule(functions), weights or {}, inputs, {v.function: v.axes for v in graph_variants})
+        function_weights[variant.function] = taken
+    return RelaxGraph(tvm.IRModule(functions), weights, inputs, {v.function: v.axes for v in graph_variants},
+                      function_weights)
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> str:
+    """Rename the graph input ``old`` where it is declared and wherever a node reads it."""
+    for value in graph.input:
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+    return new
 
 
 def _weights_as_inputs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -212,8 +259,8 @@ def _export(executable, out: Path, target: TvmTarget) -> None:
     executable.export_library(str(out), fcompile=cc.cross_compiler(target.cross_compiler))
 
 
-def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: ModelDims, database_dir: Path,
-              tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
+def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: ModelDims, policy: WindowPolicy,
+              database_dir: Path, tuning: TuningRequest | None, log) -> tuple[dict[str, Path], dict]:
     """The bundle files and manifest entries of a TVM target, from the exported fp32 ONNX graphs.
 
     Schedules already in ``database_dir`` are applied; with ``tuning``, the graphs are tuned into it first.
@@ -221,10 +268,11 @@ def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: Model
     import tvm
 
     target = tvm_target(target_name)
+    buckets = window_buckets(dims, policy)
     files, entries = {}, {}
     for role, onnx_path in graphs.items():
-        log(f"importing the {role} into TVM Relax")
-        graph = import_graph(onnx_path, variants(role, dims), work)
+        log(f"importing the {role} into TVM Relax" + (f", windows of {buckets} frames" if len(buckets) > 1 else ""))
+        graph = import_graph(onnx_path, variants(role, dims, buckets), work)
         if tuning is not None:
             from edge_asr.compile.tvm_tuning import tune
 
@@ -232,13 +280,24 @@ def build_tvm(graphs: dict[str, Path], work: Path, target_name: str, dims: Model
         files[role] = build_library(graph, target, work / f"{role}.so", database_dir, log)
         files[f"{role}_weights"] = work / f"{role}.params.npz"
         np.savez(files[f"{role}_weights"], **graph.weights)
-        entries[role] = {"weights": list(graph.weights),
-                         "functions": {name: {"inputs": inputs, "axes": graph.axes[name]}
-                                       for name, inputs in graph.inputs.items()}}
+        entries[role] = _manifest_entry(graph)
     records = _record_count(database_dir)
     return files, {"tvm": {"version": tvm.__version__, "llvm_target": target.llvm,
                            "tuning_records": records, "database": str(database_dir) if records else None,
-                           **entries}}
+                           "window_buckets": list(buckets), **entries}}
+
+
+def _manifest_entry(graph: RelaxGraph) -> dict:
+    """A graph's functions with their inputs and axes, and the weights they take: the first function's for
+    all (what a runtime that knows only the full window's functions passes), and its own where one differs."""
+    first, *_ = graph.inputs
+    shared = graph.function_weights[first]
+    functions = {}
+    for name, inputs in graph.inputs.items():
+        functions[name] = {"inputs": inputs, "axes": graph.axes[name]}
+        if graph.function_weights[name] != shared:
+            functions[name]["weights"] = graph.function_weights[name]
+    return {"weights": shared, "functions": functions}
 
 
 def _record_count(database_dir: Path) -> int:

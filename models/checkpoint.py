@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
+from edge_asr.runtime.windows import WindowPolicy
 
 
 @dataclass
@@ -18,7 +19,8 @@ class Checkpoint:
     ``tensors`` uses openai-whisper's state-dict names (``encoder.blocks.0.attn.query.weight``...),
     float32 numpy arrays; ``encoder.positional_embedding`` is always present. ``tokenizer_json`` is a
     Hugging Face ``tokenizer.json`` for the model's vocabulary. ``suppress_tokens`` is the checkpoint's
-    own list of tokens never to emit (None: use Whisper's default list).
+    own list of tokens never to emit (None: use Whisper's default list). ``window_policy`` says whether
+    the model needs 30 s windows (stock Whisper) or was trained on its audio plus a margin (a student).
     """
 
     name: str
@@ -29,6 +31,7 @@ class Checkpoint:
     source_sha256: str
     suppress_tokens: list[int] | None = None
     alignment_heads: list[list[int]] = field(default_factory=list)
+    window_policy: WindowPolicy = WindowPolicy()
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

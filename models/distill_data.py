@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from edge_asr.models.distill_loss import IGNORE_INDEX
+from edge_asr.models.distill_loss import IGNORE_INDEX, TeacherTopK
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, LogMelFrontend
 
@@ -33,13 +33,15 @@ class Example:
     ``mel`` float32 [n_mels, frames] is Whisper's features of the audio followed by silence, ending
     in at least one frame of silence alone. ``tokens`` is the whole sequence (prompt, text,
     end-of-text); the first ``n_prompt`` (start of transcript, language, task, no-timestamps) are
-    given to the model, never predicted.
+    given to the model, never predicted. ``teacher_top`` is the teacher's top-k (indices int32,
+    logits float16, each [len(tokens) - n_prompt, k]) at the predicted positions, when cached.
     """
 
     mel: np.ndarray
     audio_frames: int
     tokens: tuple[int, ...]
     n_prompt: int
+    teacher_top: tuple[np.ndarray, np.ndarray] | None = None
 
     def window(self, frames: int) -> np.ndarray:
         """The features of the audio padded with zeros, cut to ``frames``: the last (silent) frame repeated."""
@@ -69,12 +71,15 @@ class DistillBatch:
     student_frames: int  # the student reads mel[..., :student_frames]: the longest audio plus the margin
     tokens: Tensor
     labels: Tensor
+    teacher_top: TeacherTopK | None = None  # the examples' cached teacher top-k, when every one has it
 
     def student_mel(self) -> Tensor:
         return self.mel[:, :, : self.student_frames]
 
     def to(self, device: torch.device) -> "DistillBatch":
-        return DistillBatch(self.mel.to(device), self.student_frames, self.tokens.to(device), self.labels.to(device))
+        teacher_top = None if self.teacher_top is None else self.teacher_top.to(device)
+        return DistillBatch(self.mel.to(device), self.student_frames, self.tokens.to(device), self.labels.to(device),
+                            teacher_top)
 
 
 def collate(examples: Sequence[Example], margin_frames: int | None) -> DistillBatch:
@@ -95,7 +100,17 @@ def collate(examples: Sequence[Example], margin_frames: int | None) -> DistillBa
         # Position i predicts token i + 1; the first prediction that counts is the first text token.
         labels[row, example.n_prompt - 1 : len(sequence) - 1] = sequence[example.n_prompt :]
     mel = torch.from_numpy(np.stack([e.window(N_FRAMES) for e in examples]))
-    return DistillBatch(mel=mel, student_frames=student_frames, tokens=tokens, labels=labels)
+    return DistillBatch(mel=mel, student_frames=student_frames, tokens=tokens, labels=labels,
+                        teacher_top=_stacked_teacher_top(examples))
+
+
+def _stacked_teacher_top(examples: Sequence[Example]) -> TeacherTopK | None:
+    """The rows' cached top-k in label order (row by row, position by position), or None unless all have one."""
+    if any(e.teacher_top is None for e in examples):
+        return None
+    indices = np.concatenate([e.teacher_top[0] for e in examples]).astype(np.int64)
+    logits = np.concatenate([e.teacher_top[1] for e in examples]).astype(np.float32)
+    return TeacherTopK(torch.from_numpy(indices), torch.from_numpy(logits))
 
 
 class BatchOrder:

@@ -3,6 +3,10 @@
 loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
 both parts averaged over the scored token positions. The T^2 keeps the soft part's gradients the same
 size whatever T is (Hinton et al., 2015), so alpha means the same thing at every temperature.
+
+The teacher is either its whole logits or, cached once per corpus, its k largest logits of each
+scored position (top-k distillation): the teacher's distribution is then renormalised over those k
+tokens, which at k = 32 hold nearly all of its mass for a confident speech model.
 """
 from __future__ import annotations
 
@@ -24,6 +28,18 @@ class DistillLoss:
     total: Tensor
     ce: Tensor
     kl: Tensor
+
+
+@dataclass(frozen=True)
+class TeacherTopK:
+    """A teacher's k largest logits at each scored position, in the order ``labels != ignore`` lists
+    them (row by row, then position): ``indices`` int64 [M, k] and ``logits`` float [M, k]."""
+
+    indices: Tensor
+    logits: Tensor
+
+    def to(self, device: torch.device) -> "TeacherTopK":
+        return TeacherTopK(self.indices.to(device), self.logits.to(device))
 
 
 @dataclass(frozen=True)
@@ -50,14 +66,15 @@ class TemperatureSchedule:
 
 def distillation_loss(
     student_logits: Tensor,
-    teacher_logits: Tensor | None,
+    teacher_logits: Tensor | TeacherTopK | None,
     labels: Tensor,
     alpha: float,
     temperature: float,
     ignore_index: int = IGNORE_INDEX,
 ) -> DistillLoss:
     """The mixed loss of logits [B, N, V] against labels [B, N]; positions labelled ``ignore_index``
-    count in neither part. ``teacher_logits`` may be None only when ``alpha`` is 1 (labels alone)."""
+    count in neither part. ``teacher_logits`` is [B, N, V] or the scored positions' top k, and may be
+    None only when ``alpha`` is 1 (labels alone)."""
     scored = labels != ignore_index
     n_scored = int(scored.sum())
     if n_scored == 0:
@@ -70,7 +87,14 @@ def distillation_loss(
             raise EdgeAsrError(f"alpha {alpha} gives the teacher a share of the loss, but there is no teacher.")
         return DistillLoss(total=ce, ce=ce, kl=torch.zeros_like(ce))
     student_log_p = F.log_softmax(student / temperature, dim=-1)
-    teacher_log_p = F.log_softmax(teacher_logits.float()[scored] / temperature, dim=-1)
+    if isinstance(teacher_logits, TeacherTopK):
+        if teacher_logits.indices.shape[0] != n_scored:
+            raise EdgeAsrError(f"The teacher's top-k covers {teacher_logits.indices.shape[0]} positions, "
+                               f"the labels score {n_scored}.")
+        student_log_p = student_log_p.gather(1, teacher_logits.indices)
+        teacher_log_p = F.log_softmax(teacher_logits.logits.float() / temperature, dim=-1)
+    else:
+        teacher_log_p = F.log_softmax(teacher_logits.float()[scored] / temperature, dim=-1)
     kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum") / n_scored
     total = alpha * ce + (1 - alpha) * temperature**2 * kl
     return DistillLoss(total=total, ce=ce, kl=kl)

@@ -102,8 +102,10 @@ def train(
 class _Trainer:
     def __init__(self, student, teacher, examples, settings: TrainSettings, run_dir: Path, evaluate, log):
         settings.validate()
-        if teacher is None and settings.alpha < 1:
-            raise EdgeAsrError(f"alpha {settings.alpha} learns partly from a teacher: give one, or set alpha to 1.")
+        cached = all(e.teacher_top is not None for e in examples)
+        if teacher is None and not cached and settings.alpha < 1:
+            raise EdgeAsrError(f"alpha {settings.alpha} learns partly from a teacher: give one, cache its logits "
+                               "with the examples, or set alpha to 1.")
         _check_examples(examples, student.dims)
         self.settings, self.examples, self.evaluate, self.log = settings, examples, evaluate, log
         self.device = _device(settings.device)
@@ -111,8 +113,9 @@ class _Trainer:
         # development VM (AMX advertised but not enabled) it killed the process with an illegal instruction.
         self.autocast_dtype = _cuda_autocast_dtype() if self.device.type == "cuda" else None
         self.student = student.to(self.device).train()
-        # The teacher is only consulted while it has a share of the loss.
-        self.teacher = teacher.to(self.device).eval().requires_grad_(False) if settings.alpha < 1 else None
+        # The teacher is only consulted while it has a share of the loss and its logits are not cached.
+        live = settings.alpha < 1 and not cached
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False) if live else None
         self.trainable = [p for p in student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
@@ -163,7 +166,7 @@ class _Trainer:
         members = self.order[batch_index]
         batch = collate([self.examples[i] for i in members], self.settings.margin_frames()).to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            teacher_logits = None
+            teacher_logits = batch.teacher_top if self.settings.alpha < 1 else None
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher.logits(batch.mel, batch.tokens)

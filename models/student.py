@@ -16,6 +16,7 @@ import torch
 
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.windows import WindowPolicy
 
 
 def evenly_spaced_layers(n_teacher: int, n_keep: int) -> list[int]:
@@ -52,12 +53,20 @@ def make_student(
     return student.train(teacher.training)
 
 
-def save_openai_checkpoint(model: WhisperModel, path: Path) -> Path:
-    """Write ``model`` as an OpenAI Whisper ``.pt``, which ``resolve_model(path)`` and compile read."""
+def save_openai_checkpoint(model: WhisperModel, path: Path, window: WindowPolicy | None = None) -> Path:
+    """Write ``model`` as an OpenAI Whisper ``.pt``, which ``resolve_model(path)`` and compile read.
+
+    ``window``: the encoder input the model was trained on, kept in the file's "edge_asr" entry (e.g.
+    ``WindowPolicy(needs_30s_padding=False)`` for a student trained on its audio plus 1 s); None
+    writes a plain OpenAI checkpoint, which means stock Whisper's 30 s windows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    torch.save({"dims": model.dims.to_dict(), "model_state_dict": state}, path)
+    saved = {"dims": model.dims.to_dict(), "model_state_dict": state}
+    if window is not None:
+        saved["edge_asr"] = window.validate().to_dict()
+    torch.save(saved, path)
     return path
 
 

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asr.runtime.dims import ModelDims
-from edge_asr.runtime.errors import BundleError
+from edge_asr.runtime.errors import BundleError, EdgeAsrError
+from edge_asr.runtime.windows import WindowPolicy
 
 FORMAT = "edge-asr-bundle"
-FORMAT_VERSION = 2  # 2: the decoder takes its caches one input per layer
+# 2: the decoder takes its caches one input per layer. Entries added later with a default that means what
+# a bundle without them did (the model's window policy, TVM window buckets) need no new version.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ROLES = ("encoder", "decoder", "tokenizer")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -68,6 +71,11 @@ class Bundle:
     @property
     def suppress_tokens(self) -> list[int] | None:
         return self.manifest["model"].get("suppress_tokens")
+
+    @property
+    def window_policy(self) -> WindowPolicy:
+        """Whether the model needs 30 s windows; a manifest that does not say is stock Whisper's (it does)."""
+        return WindowPolicy.from_dict(self.manifest["model"])
 
     def file(self, role: str) -> Path:
         return self.path / self.manifest["files"][role]["path"]
@@ -130,6 +138,10 @@ def _manifest_problem(manifest: dict) -> str | None:
         ModelDims.from_dict(manifest["model"]["dims"])
     except (KeyError, TypeError, ValueError):
         return "no complete model dimensions"
+    try:
+        WindowPolicy.from_dict(manifest["model"])
+    except EdgeAsrError as err:
+        return f"its window policy is wrong: {str(err).rstrip('.')}"
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(role in files for role in ROLES):
         return f"its files table must name {', '.join(ROLES)}"

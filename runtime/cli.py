@@ -9,6 +9,8 @@ from pathlib import Path
 
 from edge_asr.benchmarks.bench_command import add_bench_parser
 from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
+from edge_asr.models import corpus_command
+from edge_asr.models.distill_command import add_train_parsers
 from edge_asr.runtime.bundle import PRECISIONS, TARGETS
 from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
@@ -17,6 +19,7 @@ from edge_asr.runtime.formats import FORMATS
 from edge_asr.runtime.serving.serve_command import add_serve_parser
 from edge_asr.runtime.streaming.recognizer import StreamOptions
 from edge_asr.runtime.streaming.segmenter import VadOptions
+from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: %(default)s)")
     tr.add_argument("--output", type=Path, metavar="DIR", help="write FILE's stem + .FORMAT into DIR instead of stdout")
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    tr.add_argument("--encoder-context", choices=ENCODER_CONTEXTS,
+                    help="utterance: encode each window's audio plus the model's margin (stock Whisper: at least "
+                    f"{STOCK_MIN_CONTEXT_S:g} s); full: pad every window to 30 s (default: full for stock Whisper, "
+                    "utterance for a model that needs no padding)")
 
     add_stream_parser(commands)
     add_serve_parser(commands, _add_model_arguments, _add_stream_options)
     add_bench_parser(commands, _add_model_arguments)
     add_loadtest_parser(commands, _add_model_arguments)
+    corpus_command.add_corpus_parser(commands)
 
     add_compile_parser(commands)
+    add_train_parsers(commands)
     return parser
 
 
@@ -56,6 +65,9 @@ def add_compile_parser(commands) -> None:
                     "TensorRT engines, built on the Jetson (default: %(default)s)")
     co.add_argument("--precision", choices=PRECISIONS,
                     help="cpu: int8 (default), fp16 or fp32; rpi4 and tvm-x86: fp32; jetson-*: fp16")
+    co.add_argument("--adapter", type=Path, metavar="DIR",
+                    help="a LoRA adapter directory (adapter.json, adapter.safetensors) trained on --model, merged "
+                    "into its weights before export (needs edge-asr[train])")
     co.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="bundle directory to write")
     tvm = co.add_argument_group("TVM tuning (rpi4, tvm-x86)", "Tuned schedules in the database are applied to "
                                 "every later build of the same model and target; untuned modules are many times "
@@ -124,9 +136,9 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
                          help=f"{meaning} (default: %(default)s)")
     parser.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
                         help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
-    parser.add_argument("--encoder-context", choices=("utterance", "full"), default=defaults.encoder_context,
-                        help="utterance: encode the utterance plus 1 s (at least 15 s); full: always 30 s, "
-                        "as offline (default: %(default)s)")
+    parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,
+                        help="utterance: encode the utterance plus the model's margin (stock Whisper: 1 s, at least "
+                        f"{STOCK_MIN_CONTEXT_S:g} s); full: always 30 s (default: %(default)s)")
 
 
 def _expand_shorthands(argv: list[str]) -> list[str]:
@@ -147,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command in ("distill", "finetune"):
+            return _train(args)
+        if args.command == "corpus":
+            return corpus_command.run(args)
         if args.command == "loadtest":
             from edge_asr.benchmarks import loadtest
 
@@ -173,8 +189,17 @@ def _compile(args) -> int:
         raise EdgeAsrError("--rpc is where --tune measures; add --tune.")
     if TARGETS[args.target].backend == "tvm" and importlib.util.find_spec("tvm") is None:
         raise EdgeAsrError(f"target {args.target} is built with Apache TVM: pip install 'edge-asr[tvm]'.")
-    compile_bundle(args.model, args.precision, args.output, args.target, tuning, args.tuning_db)
+    compile_bundle(args.model, args.precision, args.output, args.target, tuning, args.tuning_db, args.adapter)
     return 0
+
+
+def _train(args) -> int:
+    missing = [m for m in ("torch", "peft", "jiwer", "whisper_normalizer") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgeAsrError(f"{args.command} needs {', '.join(missing)}: pip install 'edge-asr[train]'.")
+    from edge_asr.models import distill_command
+
+    return distill_command.run_distill(args) if args.command == "distill" else distill_command.run_finetune(args)
 
 
 def _transcribe(args) -> int:

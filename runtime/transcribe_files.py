@@ -29,7 +29,8 @@ class Progress:
 
 def transcribe_files(bundle: Path, args) -> int:
     transcriber = Transcriber(bundle, threads=args.threads)
-    options = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
+    options = transcriber.options(beam_size=args.beam, language=args.language, task=args.task,
+                                  encoder_context=args.encoder_context)
     progress = Progress(not args.no_progress)
     failures = 0
     for path in args.files:

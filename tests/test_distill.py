@@ -229,7 +229,7 @@ def test_training_on_cuda_under_autocast(examples, tmp_path):
 
 
 def test_training_refuses_what_cannot_work(examples, tmp_path):
-    with pytest.raises(EdgeAsrError, match="give one, or set alpha to 1"):
+    with pytest.raises(EdgeAsrError, match="give one, cache its logits"):
         train(tiny_model(1), examples, SETTINGS, tmp_path)
     with pytest.raises(EdgeAsrError, match="alpha"):
         train(tiny_model(1), examples, replace(SETTINGS, alpha=1.5), tmp_path, tiny_model(2))

@@ -14,7 +14,7 @@ import pytest
 
 from edge_asr.benchmarks.clips import JFK_TEXT
 from edge_asr.benchmarks.wer import normalise
-from conftest import compiled_bundle, require, run_cli
+from conftest import compiled_bundle, require, run_cli, save_tiny_whisper
 
 # The whole TVM, compiler included, before any engine imports it runtime-only: the tests also tune and build.
 pytest.importorskip("tvm", reason="needs apache-tvm (pip install -e '.[dev]')")
@@ -105,6 +105,59 @@ def test_tvm_engine_matches_onnxruntime(tvm_x86_bundle, tiny_fp32_bundle, jfk_wa
 
     reordered = caches[0].take(np.array([1, 1]), filled=21)
     assert np.array_equal(reordered.self_k[:, 0, :21], reordered.self_k[:, 1, :21])
+
+
+def test_window_buckets_only_for_a_model_that_needs_no_padding():
+    from edge_asr.compile.tvm_build import Variant, variants, window_buckets
+    from edge_asr.runtime.dims import ModelDims
+    from edge_asr.runtime.windows import WindowPolicy
+
+    dims = ModelDims(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+    stock = window_buckets(dims, WindowPolicy())
+    assert stock == (3000,) and variants("encoder", dims, stock) == [Variant("encode", {"batch": 1, "frames": 3000})]
+    assert [v.function for v in variants("decoder", dims, stock)] == ["step", "prompt"]
+    student = window_buckets(dims, WindowPolicy(needs_30s_padding=False))
+    assert student == (3000, 2000, 1000)
+    assert [(v.function, v.axes["audio_ctx"]) for v in variants("decoder", dims, student)] == [
+        ("step", 1500), ("prompt", 1500), ("step_2000", 1000), ("prompt_2000", 1000), ("step_1000", 500),
+        ("prompt_1000", 500)]
+
+
+def test_student_bundle_has_window_buckets_that_match_onnxruntime(tmp_path_factory):
+    """A model that needs no 30 s padding gets an encoder and a step/prompt pair per window bucket: a window
+    is padded to the smallest bucket that holds it, and the decoder runs on that bucket's audio context."""
+    from edge_asr.runtime.bundle import load_bundle
+    from edge_asr.runtime.engines import load_engine
+    from edge_asr.runtime.windows import WindowPolicy
+
+    require("onnx")
+    student = save_tiny_whisper(tmp_path_factory.mktemp("student") / "student.pt",
+                                WindowPolicy(needs_30s_padding=False))
+    tvm_bundle = compiled_bundle(tmp_path_factory, "tvm-student", "--model", student, "--target", "tvm-x86")
+    ort_bundle = compiled_bundle(tmp_path_factory, "ort-student", "--model", student, "--precision", "fp32")
+    spec = json.loads((tvm_bundle / "manifest.json").read_text())["tvm"]
+    assert spec["window_buckets"] == [3000, 2000, 1000]
+    encoders = spec["encoder"]["functions"]
+    assert list(encoders) == ["encode", "encode_2000", "encode_1000"]
+    assert "weights" not in encoders["encode"]  # the shared list: what a runtime without buckets passes
+    assert len(encoders["encode_1000"]["weights"]) == len(spec["encoder"]["weights"])  # a shorter positional slice
+
+    tvm_engine, ort_engine = (load_engine(load_bundle(b), 2) for b in (tvm_bundle, ort_bundle))
+    rng = np.random.default_rng(0)
+    for frames, bucket in ((400, 1000), (1000, 1000), (1500, 2000), (2400, 3000)):
+        mel = rng.standard_normal((1, 80, frames)).astype(np.float32)
+        padded = np.zeros((1, 80, bucket), np.float32)
+        padded[..., :frames] = mel
+        tvm_audio, ort_audio = tvm_engine.encode(mel), ort_engine.encode(padded)
+        assert tvm_audio.cross_k.shape == ort_audio.cross_k.shape and tvm_audio.cross_k.shape[3] == bucket // 2
+        assert np.abs(tvm_audio.cross_k - ort_audio.cross_k).max() < 1e-3
+        caches = tvm_engine.new_cache(1), ort_engine.new_cache(1)
+        tokens = rng.integers(0, 50000, (1, 21))  # a prompt longer than one chunk, then a step
+        runs = ((tvm_engine, caches[0], tvm_audio), (ort_engine, caches[1], ort_audio))
+        for part, offset, select in ((tokens[:, :20], 0, [[0, 19]]), (tokens[:, 20:], 20, [[0]])):
+            got, want = (engine.decode(part, np.array([offset]), cache, audio, np.array(select))
+                         for engine, cache, audio in runs)
+            assert np.abs(got - want).max() < 1e-3, (frames, offset)
 
 
 def test_tvm_x86_bundle_transcribes_jfk(tvm_x86_bundle, jfk_wav):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import TASKS, language_code
+from edge_asr.runtime.windows import ENCODER_CONTEXTS, WindowPolicy
 
 
 def require(condition: bool, message: str) -> None:
@@ -85,7 +86,12 @@ class TranscribeOptions(DecodingOptions):
     # Repetition guard: more tokens per second of audio than this means the decoder is looping.
     max_tokens_per_second: float | None = 10.0
     seed: int = 0  # seeds the sampling at temperature > 0, so runs are reproducible
-    window_frames: int = 3000  # Mel frames per window (100 a second); stock Whisper needs 30 s
+    window_frames: int = 3000  # Mel frames per window at most (100 a second)
+    # How long each encoder window is (runtime/windows.py): the model's policy, which Transcriber.options()
+    # takes from the bundle, and the user's choice: "full" pads every window to window_frames,
+    # "utterance" encodes its audio plus the model's margin, None is the model's own choice.
+    window_policy: WindowPolicy = WindowPolicy()
+    encoder_context: str | None = None
 
     def validate(self) -> "TranscribeOptions":
         super().validate()
@@ -111,4 +117,9 @@ class TranscribeOptions(DecodingOptions):
             self.window_frames >= 2 and self.window_frames % 2 == 0,
             f"window_frames must be an even number of Mel frames, not {self.window_frames}.",
         )
+        require(
+            self.encoder_context is None or self.encoder_context in ENCODER_CONTEXTS,
+            f"encoder_context must be None or one of {', '.join(ENCODER_CONTEXTS)}, not {self.encoder_context!r}.",
+        )
+        self.window_policy.validate()
         return self

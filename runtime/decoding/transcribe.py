@@ -23,6 +23,7 @@ from edge_asr.runtime.engines.base import AudioContext, Engine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
+from edge_asr.runtime.windows import encoder_frames
 
 # Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
 FLAT_MEL_RANGE = 1e-3
@@ -36,7 +37,9 @@ def transcribe(
     window_buffer: np.ndarray | None = None,
 ) -> Iterator[WindowResult]:
     """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames) window
-    by window. ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
+    by window, each of at most options.window_frames of audio, encoded as runtime/windows.py decides
+    (padded to window_frames for stock Whisper, the audio plus a margin for a model that needs no
+    padding). ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
     reused for every encoder input instead of a new array per window."""
     options = (options or TranscribeOptions()).validate()
     _check_mel(engine, mel, options, window_buffer)
@@ -55,7 +58,8 @@ def transcribe(
         if _is_flat(content):
             segments, consumed = [], audio_frames
         else:
-            audio = engine.encode(window_mel(content, options.window_frames, window_buffer))
+            frames = encoder_frames(audio_frames, options.window_policy, options.encoder_context, options.window_frames)
+            audio = engine.encode(window_mel(content, frames, window_buffer))
             if language is None:
                 language = detect_language(engine, tokenizer, audio)[0][0]
             segments, consumed = _transcribe_window(

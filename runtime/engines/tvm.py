@@ -2,10 +2,13 @@
 
 Only libtvm_runtime is loaded (TVM_USE_RUNTIME_LIB), not the 240 MB compiler: a board needs the
 apache-tvm wheel installed, but runs none of its compiler. The modules have static shapes, one row
-each: the encoder takes one window of ``frames`` Mel frames; the decoder has a one-token ``step`` and a
-``prompt`` chunk of W tokens with two selected logits. Batches run row by row; a longer prompt runs
-chunk by chunk, and a chunk with more selected positions than the prompt function returns runs again
-(writing the same cache entries). Weights are loaded once from ``ROLE.params.npz`` and passed to every call.
+each: an encoder takes one window of ``frames`` Mel frames; the decoder has a one-token step and a
+prompt chunk of W tokens with two selected logits, for the audio context an encoder makes. A stock model
+has one encoder (30 s); a model that needs no 30 s padding has one per window bucket, and a window is
+padded to the smallest bucket that holds it (compile/tvm_build.py). Batches run row by row; a longer
+prompt runs chunk by chunk, and a chunk with more selected positions than the prompt function returns
+runs again (writing the same cache entries). Weights are loaded once from ``ROLE.params.npz`` and passed
+to every call.
 
 TVM takes numpy memory without a copy (DLPack) only when it is 64-byte aligned, so the caches and
 audio contexts live in arrays TVM allocates, seen from numpy.
@@ -82,7 +85,7 @@ class TvmKVCache(StackedKVCache):
 
 
 class _Function:
-    """One compiled function with its input names and the graph's weights."""
+    """One compiled function with its input names and its weights."""
 
     def __init__(self, vm, name: str, spec: dict, weights: list):
         self.call, self.inputs, self.axes, self.weights = vm[name], spec["inputs"], spec["axes"], weights
@@ -92,36 +95,45 @@ class _Function:
         return [np.from_dlpack(out) for out in outputs]
 
 
+def _load_functions(bundle: Bundle, role: str) -> list[_Function]:
+    """A graph's compiled functions, each with its weights: the graph's shared list unless it names its own."""
+    tvm, VirtualMachine = _import_tvm()
+    spec = bundle.manifest["tvm"][role]
+    try:
+        vm = VirtualMachine(tvm.runtime.load_module(str(bundle.file(role))), tvm.cpu())
+        arrays = np.load(bundle.file(f"{role}_weights"))
+        tensors = {name: tvm.runtime.tensor(arrays[name]) for name in arrays.files}
+        return [_Function(vm, name, function, [tensors[w] for w in function.get("weights", spec["weights"])])
+                for name, function in spec["functions"].items()]
+    except (OSError, ValueError, KeyError, tvm.error.TVMError) as err:
+        raise BundleError(f"TVM cannot load the {role} of {bundle.path}: {str(err).splitlines()[0]}") from None
+
+
 class TvmEngine:
     def __init__(self, bundle: Bundle, threads: int):
-        tvm, VirtualMachine = _import_tvm()
+        tvm, _ = _import_tvm()
         self.tvm, self.dims = tvm, bundle.dims
-        spec = bundle.manifest["tvm"]
         _set_threads(tvm, threads)
-        functions = {}
-        for role in ("encoder", "decoder"):
-            try:
-                vm = VirtualMachine(tvm.runtime.load_module(str(bundle.file(role))), tvm.cpu())
-                weights = np.load(bundle.file(f"{role}_weights"))
-                tensors = [tvm.runtime.tensor(weights[name]) for name in spec[role]["weights"]]
-            except (OSError, ValueError, KeyError, tvm.error.TVMError) as err:
-                raise BundleError(f"TVM cannot load the {role} of {bundle.path}: {str(err).splitlines()[0]}") from None
-            for name, function in spec[role]["functions"].items():
-                functions[name] = _Function(vm, name, function, tensors)
-        self.encoder, self.step, self.prompt = functions["encode"], functions["step"], functions["prompt"]
-        self.frames = self.encoder.axes["frames"]
-        self.chunk, self.prompt_selects = self.prompt.axes["n_tokens"], self.prompt.axes["k"]
+        encoders, decoders = _load_functions(bundle, "encoder"), _load_functions(bundle, "decoder")
+        # Found by their static axes: an encoder per window length, a step and a prompt per audio context.
+        self.encoders = {f.axes["frames"]: f for f in encoders}
+        self.steps = {f.axes["audio_ctx"]: f for f in decoders if f.axes["n_tokens"] == 1}
+        self.prompts = {f.axes["audio_ctx"]: f for f in decoders if f.axes["n_tokens"] > 1}
+        prompt = next(iter(self.prompts.values()))
+        self.chunk, self.prompt_selects = prompt.axes["n_tokens"], prompt.axes["k"]
         self.state_names = cache_input_names(self.dims.n_text_layer)  # the order _row_views binds them
 
     def encode(self, mel: np.ndarray) -> TvmAudioContext:
         batch, n_mels, frames = mel.shape
-        if frames > self.frames:
-            raise ValueError(f"this bundle's encoder takes at most {self.frames} Mel frames, not {frames}")
-        window = np.zeros((1, n_mels, self.frames), np.float32)  # zeros past the audio, as window_mel pads
+        bucket = min((b for b in self.encoders if b >= frames), default=None)
+        if bucket is None:
+            raise ValueError(f"this bundle's encoder takes at most {max(self.encoders)} Mel frames, not {frames}")
+        encoder = self.encoders[bucket]
+        window = np.zeros((1, n_mels, bucket), np.float32)  # zeros past the audio, as window_mel pads
         rows = []
         for row in range(batch):
             window[0, :, :frames] = mel[row]
-            rows.append(self.encoder([self.tvm.runtime.tensor(window)]))
+            rows.append(encoder([self.tvm.runtime.tensor(window)]))
         cross_k, cross_v = (np.concatenate([r[i] for r in rows], axis=1) if batch > 1 else rows[0][i] for i in (0, 1))
         return TvmAudioContext(cross_k, cross_v)
 
@@ -156,7 +168,7 @@ class TvmEngine:
 
     def _run(self, row, chunk, offset, width, local, cache, audio) -> np.ndarray:
         """One call of step (width 1) or prompt; writes the chunk's keys and values; the selected logits."""
-        function = self.step if width == 1 else self.prompt
+        function = (self.steps if width == 1 else self.prompts)[audio.cross_k.shape[3]]  # the context's length
         padded = np.zeros((1, width), np.int64)
         padded[0, : len(chunk)] = chunk
         selects = np.zeros((1, function.axes["k"]), np.int64)

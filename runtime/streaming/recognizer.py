@@ -28,6 +28,7 @@ from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.mel_stream import StreamingLogMel
 from edge_asr.runtime.streaming.segmenter import UtteranceEvent, VadOptions, VadSegmenter
 from edge_asr.runtime.tokenizer import WhisperTokenizer
+from edge_asr.runtime.windows import ENCODER_CONTEXTS, encoder_frames
 
 RING_FRAMES = N_FRAMES + 1500  # a 30 s utterance plus the padding and VAD delay before it is cut
 PROMPT_CHARACTERS = 600  # previous finals that prompt the next utterance (about 150 tokens)
@@ -37,22 +38,22 @@ PROMPT_CHARACTERS = 600  # previous finals that prompt the next utterance (about
 class StreamOptions:
     vad: VadOptions = field(default_factory=VadOptions)
     partial_interval_s: float = 1.0  # seconds of speech between partials; 0: finals only
-    # "utterance": the encoder sees the utterance plus a margin (at least min_context_s), not 30 s.
+    # "utterance": the encoder sees the utterance plus the model's margin (at least min_context_s), not 30 s.
     encoder_context: Literal["full", "utterance"] = "utterance"
-    context_margin_s: float = 1.0
-    # Shorter inputs make a stock Whisper loop or drop words: at 10 s the developer clips lost 3 words
-    # of 93 against 30 s, at 15 s none (benchmarks/stream_wer.py).
-    min_context_s: float = 15.0
+    # None: the model's floor (runtime/windows.py): 15 s for stock Whisper, none for a model that needs no padding.
+    min_context_s: float | None = None
 
     def validate(self) -> "StreamOptions":
         self.vad.validate()
         require(self.partial_interval_s >= 0, f"partial_interval_s must not be negative, not {self.partial_interval_s}.")
         require(
-            self.encoder_context in ("full", "utterance"),
-            f"encoder_context must be 'full' or 'utterance', not {self.encoder_context!r}.",
+            self.encoder_context in ENCODER_CONTEXTS,
+            f"encoder_context must be one of {', '.join(ENCODER_CONTEXTS)}, not {self.encoder_context!r}.",
         )
-        require(self.context_margin_s >= 0, f"context_margin_s must not be negative, not {self.context_margin_s}.")
-        require(0 < self.min_context_s <= 30, f"min_context_s must be in (0, 30], not {self.min_context_s}.")
+        require(
+            self.min_context_s is None or 0 <= self.min_context_s <= 30,
+            f"min_context_s must be None or in [0, 30], not {self.min_context_s}.",
+        )
         return self
 
 
@@ -149,14 +150,9 @@ class StreamRecognizer:
         first = start // HOP_LENGTH
         stop = min(-(-end // HOP_LENGTH), self.mel.frames_done, first + N_FRAMES)
         content = self.mel.window(first, stop, out=self._content[:, : stop - first])
-        return content, self._window_frames(stop - first)
-
-    def _window_frames(self, frames: int) -> int:
-        options = self.options
-        if options.encoder_context == "full":
-            return N_FRAMES
-        wanted = max(frames + options.context_margin_s * 100, options.min_context_s * 100)
-        return min(N_FRAMES, 2 * int(np.ceil(wanted / 2)))
+        window = encoder_frames(stop - first, self.transcribe_options.window_policy, self.options.encoder_context,
+                                N_FRAMES, self.options.min_context_s)
+        return content, window
 
     def _set_prompt(self, text: str | None) -> None:
         """The text that primes the next decodings: the user's initial prompt, then the last finals.
@@ -168,7 +164,9 @@ class StreamRecognizer:
     def _final_text(self, start: int, end: int) -> str:
         """The offline decoding (fallback, silence and loop checks) of one utterance."""
         content, window_frames = self._frames(start, end)
-        options = replace(self.transcribe_options, window_frames=window_frames, initial_prompt=self._prompt_text)
+        # The window is decided above: the utterance fills it, padded to its length ("full").
+        options = replace(self.transcribe_options, window_frames=window_frames, encoder_context="full",
+                          initial_prompt=self._prompt_text)
         windows = transcribe(self.engine, self.tokenizer, content, options, window_buffer=self._window)
         return " ".join(segment.text.strip() for window in windows for segment in window.segments).strip()
 

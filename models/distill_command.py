@@ -1,0 +1,195 @@
+"""`edge-asr distill` and `edge-asr finetune`: a corpus (made by `edge-asr corpus`) into a student
+checkpoint or a LoRA adapter. Parsers only at import time; torch is imported when a command runs."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from edge_asr.runtime.cli_args import positive_int
+from edge_asr.runtime.errors import EdgeAsrError
+
+STUDENT_FILE = "student.pt"
+REPORT_FILE = "report.json"
+
+DISTILL = (
+    "Distil a length-adaptive student from a teacher: the student reads each utterance's audio plus a margin "
+    "instead of 30 s of padding, so its encoder's cost follows the audio. Loss: alpha * cross-entropy on the "
+    "corpus labels + (1 - alpha) * T^2 * KL(teacher || student), the teacher reading its usual 30 s window "
+    "(its top-k logits are cached once per corpus). Writes OUT/student.pt, which `edge-asr compile --model` "
+    "reads, and OUT/report.json; rerunning with the same OUT resumes.")
+FINETUNE = (
+    "Fine-tune a model with LoRA on the attention projections and save the adapter alone (a few MB), which "
+    "`edge-asr compile --model BASE --adapter OUT` merges into the base weights. Labels only by default "
+    "(--alpha 1); rerunning with the same OUT resumes.")
+
+
+def add_train_parsers(commands) -> None:
+    di = commands.add_parser("distill", help="distil a length-adaptive student from a teacher", description=DISTILL)
+    di.add_argument("--teacher", default="tiny.en", help="zoo name or checkpoint path (default: %(default)s)")
+    di.add_argument("--decoder-layers", type=_layers, metavar="I,J,...",
+                    help="teacher decoder layers the student keeps, e.g. 0,3 (default: all: a same-size student)")
+    di.add_argument("--encoder-layers", type=_layers, metavar="I,J,...",
+                    help="teacher encoder layers the student keeps (default: all)")
+    di.add_argument("--margin", type=float, default=1.0, metavar="S",
+                    help="seconds of silence after the longest audio of a batch in the student's window "
+                    "(default: %(default)s)")
+    _add_common(di, alpha=0.5, learning_rate=3e-5)
+
+    ft = commands.add_parser("finetune", help="LoRA fine-tuning saved as a small adapter", description=FINETUNE)
+    ft.add_argument("--base", default="tiny.en", help="zoo name or checkpoint path (default: %(default)s)")
+    ft.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default: %(default)s)")
+    ft.add_argument("--stacks", type=_names, default=("encoder", "decoder"), metavar="encoder,decoder",
+                    help="where LoRA goes (default: both; decoder alone trains several times faster)")
+    _add_common(ft, alpha=1.0, learning_rate=1e-3)
+
+
+def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float) -> None:
+    parser.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="a corpus made by `edge-asr corpus`")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="run directory")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per batch (default: %(default)s)")
+    parser.add_argument("--accumulation", type=positive_int, default=1, help="batches per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=alpha,
+                        help="weight of the labels' cross-entropy; the teacher gets 1 - alpha (default: %(default)s)")
+    parser.add_argument("--temperature", type=_temperature, default=(2.0, None, 0), metavar="T[:END:STEPS]",
+                        help="KD temperature, optionally moving to END over STEPS steps (default: 2)")
+    parser.add_argument("--join", type=positive_int, default=3, metavar="N",
+                        help="also train on every N corpus utterances read as one, with pauses, so short "
+                        "sentences teach long windows too; 1: never (default: %(default)s)")
+    parser.add_argument("--top-k", type=positive_int, default=32, help="teacher logits cached per position (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=100, metavar="N",
+                        help="WER on the held-out clips every N steps, 0: at the end only (default: %(default)s)")
+    parser.add_argument("--eval-folder", type=Path, metavar="DIR",
+                        help="held-out audio with DIR/references.tsv or a pocketsphinx transcription file "
+                        "(default: the developer clips)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: all cores)")
+
+
+def run_distill(args) -> int:
+    from edge_asr.models.student import make_student, save_openai_checkpoint
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+    from edge_asr.runtime.windows import WindowPolicy
+
+    _threads(args.threads)
+    checkpoint = resolve_model(args.teacher)
+    teacher = from_checkpoint(checkpoint)
+    examples, evaluator = _data(args, checkpoint, teacher if args.alpha < 1 else None)
+    student = make_student(teacher, args.decoder_layers, args.encoder_layers)
+    teacher_eval = evaluator.evaluate(teacher, None)
+    print(f"teacher {checkpoint.name} at 30 s padded windows: WER {teacher_eval.wer:.2f} %", flush=True)
+    history = _train(args, student, examples, evaluator, args.margin)
+    window = WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
+    path = save_openai_checkpoint(student, args.output / STUDENT_FILE, window)
+    final = evaluator.evaluate(student, args.margin)
+    _report(args, history, {"teacher_padded": teacher_eval, "student_audio_length": final}, path)
+    return 0
+
+
+def run_finetune(args) -> int:
+    from edge_asr.models.lora import LoraAdapter, LoraSettings
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+
+    _threads(args.threads)
+    base = resolve_model(args.base)
+    teacher = from_checkpoint(base) if args.alpha < 1 else None
+    examples, evaluator = _data(args, base, teacher)
+    adapter = LoraAdapter(from_checkpoint(base), LoraSettings(rank=args.rank, stacks=args.stacks))
+    before = evaluator.evaluate(adapter.model, None)
+    print(f"{base.name} before fine-tuning: WER {before.wer:.2f} %", flush=True)
+    history = _train(args, adapter.model, examples, evaluator, None)
+    after = evaluator.evaluate(adapter.model, None)
+    path = adapter.save(args.output, base)
+    _report(args, history, {"before": before, "after": after}, path)
+    return 0
+
+
+def _data(args, checkpoint, teacher):
+    """The corpus as cached examples (with the teacher's top-k when it has a share), and the held-out clips."""
+    from edge_asr.benchmarks.clips import developer_clips, folder_clips, sphinx_clips
+    from edge_asr.models.corpus import read_manifest
+    from edge_asr.models.teacher_cache import LabelledAudio, cache_directory, cached_examples, joined
+    from edge_asr.models.window_eval import WindowEvaluator
+    from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+    tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, multilingual=checkpoint.dims.n_vocab >= 51865)
+    corpus = read_manifest(args.corpus)
+    entries = [LabelledAudio(e.id, args.corpus / e.audio, e.text) for e in corpus]
+    if args.join > 1:
+        entries += joined(entries, [e.duration_s for e in corpus], args.join, args.seed)
+    k = args.top_k if teacher is not None else 0
+    directory = cache_directory(args.corpus, checkpoint.source_sha256, k)
+    examples = cached_examples(entries, directory, tokenizer, teacher, k, checkpoint.dims.n_mels,
+                               log=lambda line: print(line, flush=True))
+    if args.eval_folder is None:
+        clips = developer_clips()
+    else:  # a pocketsphinx test folder (a transcription file), or audio with references.tsv
+        clips = sphinx_clips(args.eval_folder) or folder_clips(args.eval_folder, None)
+    evaluator = WindowEvaluator(clips, tokenizer, checkpoint.dims.n_mels)
+    if not evaluator.clips:
+        raise EdgeAsrError("The held-out clips have no references to score against.")
+    return examples, evaluator
+
+
+def _train(args, model, examples, evaluator, margin_s):
+    from edge_asr.models.distill_loss import TemperatureSchedule
+    from edge_asr.models.distill_train import TrainSettings, train
+
+    start, end, steps = args.temperature
+    settings = TrainSettings(
+        steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation, learning_rate=args.lr,
+        alpha=args.alpha, temperature=TemperatureSchedule(start, end, steps), margin_s=margin_s, seed=args.seed,
+        device=args.device, evaluate_every=args.eval_every, warmup_steps=min(50, args.steps // 10),
+    )
+    return train(model, examples, settings, args.output, evaluate=lambda m, step: evaluator.evaluate(m, margin_s).figures(),
+                 log=lambda line: print(line, flush=True))
+
+
+def _report(args, history, evaluations: dict, written: Path) -> None:
+    report = {
+        "command": vars(args) | {"corpus": str(args.corpus), "output": str(args.output),
+                                 "eval_folder": None if args.eval_folder is None else str(args.eval_folder)},
+        "written": str(written),
+        "history": [asdict(record) for record in history],
+        "evaluations": {name: asdict(result) for name, result in evaluations.items()},
+    }
+    (args.output / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for name, result in evaluations.items():
+        print(f"{name}: WER {result.wer:.2f} %, {result.loops} loops, encoder {result.encoder_ms:.0f} ms "
+              f"over {len(result.clips)} clips")
+    print(f"wrote {written}")
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer numbers like 0,3, not {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _temperature(text: str) -> tuple[float, float | None, int]:
+    try:
+        parts = text.split(":")
+        if len(parts) == 1:
+            return float(parts[0]), None, 0
+        start, end, steps = parts
+        return float(start), float(end), int(steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T or T:END:STEPS, like 2 or 4:1:500, not {text!r}") from None

@@ -1,0 +1,189 @@
+"""A corpus turned into training examples once: features, label tokens and the teacher's top-k logits.
+
+Without a cache every epoch pays the teacher's 30 s encoder pass again (a third of a second per
+example on the 2-core development CPU, three times the student's own step). The cache keeps, per
+example, the Mel frames of its audio (see ``distill_data``), its tokens and the teacher's k largest
+logits at each predicted position. It is written in shards as it goes, so an interrupted build
+resumes at the first missing shard, and it is keyed by the teacher's sha256 and k, so another
+teacher never reads a stale cache.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from edge_asr.models.distill_data import Example, example_from_audio
+from edge_asr.models.whisper_torch import WhisperModel
+from edge_asr.runtime.audio import load_audio
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+SHARD_SIZE = 256
+TEACHER_BATCH = 8
+
+
+JOIN_GAP_S = 0.4  # silence between the utterances of a joined example, a speaker's pause
+
+
+@dataclass(frozen=True)
+class LabelledAudio:
+    """What the cache needs of a corpus entry: a name, its audio file and the text to learn. Several
+    files are one example, read one after another with a short pause, their texts joined."""
+
+    id: str
+    audio: Path | tuple[Path, ...]
+    text: str
+
+    def samples(self) -> np.ndarray:
+        paths = (self.audio,) if isinstance(self.audio, Path) else self.audio
+        gap = np.zeros(round(JOIN_GAP_S * 16000), dtype=np.float32)
+        parts = [part for path in paths for part in (gap, load_audio(path))][1:]
+        return np.concatenate(parts)
+
+
+def joined(entries: Sequence[LabelledAudio], seconds: Sequence[float], size: int, seed: int) -> list[LabelledAudio]:
+    """Every entry (of ``seconds`` of audio) once more, in random groups of ``size`` read as one example: a
+    corpus of short sentences then also teaches the windows of longer utterances. Groups longer than
+    30 s are left out."""
+    order = np.random.default_rng(seed).permutation(len(entries))
+    groups = []
+    for first in range(0, len(order) - size + 1, size):
+        members = [entries[i] for i in order[first : first + size]]
+        if sum(seconds[i] for i in order[first : first + size]) + (size - 1) * JOIN_GAP_S > N_SAMPLES / 16000:
+            continue
+        groups.append(LabelledAudio("+".join(m.id for m in members), tuple(m.audio for m in members),
+                                    " ".join(m.text.strip() for m in members)))
+    return groups
+
+
+def label_tokens(tokenizer: WhisperTokenizer, text: str) -> tuple[tuple[int, ...], int]:
+    """(tokens, n_prompt): start of transcript (and language, task), no-timestamps, the text, end of text."""
+    prompt = (*tokenizer.sot_sequence("en", "transcribe"), tokenizer.no_timestamps)
+    return (*prompt, *tokenizer.encode(" " + text.strip()), tokenizer.eot), len(prompt)
+
+
+def cache_directory(corpus: Path, teacher_sha256: str, k: int) -> Path:
+    """Where a corpus keeps its examples for one teacher and k; k 0: features and labels alone."""
+    return Path(corpus) / "cache" / f"{teacher_sha256[:16]}-{f'top{k}' if k else 'labels'}"
+
+
+def cached_examples(
+    entries: Sequence[LabelledAudio],
+    directory: Path,
+    tokenizer: WhisperTokenizer,
+    teacher: WhisperModel | None = None,
+    k: int = 0,
+    n_mels: int = 80,
+    log: Callable[[str], None] = print,
+) -> list[Example]:
+    """The entries as Examples, carrying the teacher's top-k when ``k`` > 0, computing the shards not
+    yet on disk (which needs the teacher when k > 0)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _check_listing(directory, entries, k)
+    frontend = LogMelFrontend(n_mels)
+    examples: list[Example] = []
+    started, done = time.monotonic(), 0
+    for number, first in enumerate(range(0, len(entries), SHARD_SIZE)):
+        shard = directory / f"shard-{number:05d}.npz"
+        if not shard.is_file():
+            if k and teacher is None:
+                raise EdgeAsrError(f"{shard} is missing, and computing the teacher's top-k logits needs the teacher.")
+            members = entries[first : first + SHARD_SIZE]
+            _write_shard(shard, _examples(members, tokenizer, frontend, teacher if k else None, k))
+            done += len(members)
+            rate = done / (time.monotonic() - started)
+            left = (len(entries) - first - len(members)) / rate
+            log(f"example cache: {first + len(members)}/{len(entries)} examples, {rate:.1f}/s, {left / 60:.0f} min left")
+        examples += _read_shard(shard)
+    return examples
+
+
+def _check_listing(directory: Path, entries: Sequence[LabelledAudio], k: int) -> None:
+    """The cache belongs to exactly these entries, in this order; a different corpus gets a clear refusal."""
+    listing = directory / "entries.json"
+    wanted = {"k": k, "ids": [e.id for e in entries], "texts": [e.text for e in entries]}
+    if listing.is_file():
+        if json.loads(listing.read_text()) != wanted:
+            raise EdgeAsrError(f"{directory} caches another set of examples: delete it to rebuild.")
+        return
+    listing.write_text(json.dumps(wanted))
+
+
+def _examples(members: Sequence[LabelledAudio], tokenizer: WhisperTokenizer, frontend: LogMelFrontend,
+              teacher: WhisperModel | None, k: int) -> list[Example]:
+    examples = []
+    for entry in members:
+        tokens, n_prompt = label_tokens(tokenizer, entry.text)
+        examples.append(example_from_audio(entry.samples(), tokens, n_prompt, frontend))
+    if teacher is None:
+        return examples
+    out = []
+    for first in range(0, len(examples), TEACHER_BATCH):
+        batch = examples[first : first + TEACHER_BATCH]
+        out += [Example(e.mel, e.audio_frames, e.tokens, e.n_prompt, top) for e, top in zip(batch, _top_k(teacher, batch, k))]
+    return out
+
+
+@torch.no_grad()
+def _top_k(teacher: WhisperModel, batch: Sequence[Example], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per example, the teacher's top-k at each predicted position, reading the 30 s padded window."""
+    width = max(len(e.tokens) for e in batch) - 1
+    tokens = torch.zeros((len(batch), width), dtype=torch.int64)
+    for row, e in enumerate(batch):
+        tokens[row, : len(e.tokens) - 1] = torch.tensor(e.tokens[:-1])
+    mel = torch.from_numpy(np.stack([e.window(N_FRAMES) for e in batch]))
+    logits = teacher.eval().logits(mel, tokens)
+    tops = []
+    for row, e in enumerate(batch):
+        scored = logits[row, e.n_prompt - 1 : len(e.tokens) - 1].float()
+        values, indices = scored.topk(k, dim=-1)
+        tops.append((indices.numpy().astype(np.int32), values.numpy().astype(np.float16)))
+    return tops
+
+
+def _write_shard(path: Path, examples: Sequence[Example]) -> None:
+    """One .npz of concatenated arrays with offsets, written beside and renamed (never half a shard)."""
+    frames = np.cumsum([0] + [e.mel.shape[1] for e in examples])
+    lengths = np.cumsum([0] + [len(e.tokens) for e in examples])
+    scored = np.cumsum([0] + [len(e.tokens) - e.n_prompt for e in examples])
+    partial = path.with_suffix(".partial.npz")
+    np.savez(
+        partial,
+        mel=np.concatenate([e.mel for e in examples], axis=1), frames=frames,
+        tokens=np.array([t for e in examples for t in e.tokens], dtype=np.int32), lengths=lengths,
+        n_prompt=np.array([e.n_prompt for e in examples]), audio_frames=np.array([e.audio_frames for e in examples]),
+        scored=scored, **_stacked_top(examples),
+    )
+    partial.replace(path)
+
+
+def _stacked_top(examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    if examples[0].teacher_top is None:
+        return {}
+    return {"top_indices": np.concatenate([e.teacher_top[0] for e in examples]),
+            "top_logits": np.concatenate([e.teacher_top[1] for e in examples])}
+
+
+def _read_shard(path: Path) -> list[Example]:
+    try:
+        data = dict(np.load(path))
+    except (OSError, ValueError, EOFError) as err:
+        raise EdgeAsrError(f"{path} is not a readable cache shard ({err}): delete it to rebuild it.") from None
+    f, n, s = data["frames"], data["lengths"], data["scored"]
+    top = "top_indices" in data
+    return [
+        Example(
+            mel=data["mel"][:, f[i] : f[i + 1]], audio_frames=int(data["audio_frames"][i]),
+            tokens=tuple(int(t) for t in data["tokens"][n[i] : n[i + 1]]), n_prompt=int(data["n_prompt"][i]),
+            teacher_top=(data["top_indices"][s[i] : s[i + 1]], data["top_logits"][s[i] : s[i + 1]]) if top else None,
+        )
+        for i in range(len(f) - 1)
+    ]

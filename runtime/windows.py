@@ -1,0 +1,69 @@
+"""How long the encoder's input is: Whisper's 30 s, or the audio plus a margin for models that need no padding.
+
+Stock Whisper saw only 30 s windows in training (shorter audio padded with silence), and fed much less it
+loops or drops words. A length-adaptive student was trained on its audio plus a margin of silence, so its
+encoder cost can follow the audio. The checkpoint says which (``WindowPolicy``), compile copies that into
+the bundle's manifest, and ``encoder_frames`` decides each window from it and the user's choice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.mel import HOP_LENGTH, N_FRAMES
+
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
+ENCODER_CONTEXTS = ("utterance", "full")
+# Shorter inputs make a stock Whisper loop or drop words: at 10 s the developer clips lost 3 words of 93
+# against 30 s, at 15 s none (benchmarks/stream_wer.py).
+STOCK_MIN_CONTEXT_S = 15.0
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """What encoder input a model was trained on; the defaults are stock Whisper's.
+
+    The same two keys appear in a student checkpoint (under "edge_asr") and a bundle manifest's model
+    section; a checkpoint or manifest without them is stock Whisper's.
+    """
+
+    needs_30s_padding: bool = True
+    margin_s: float = 1.0  # silence after the audio that a window without 30 s padding keeps
+
+    def validate(self) -> "WindowPolicy":
+        if not isinstance(self.needs_30s_padding, bool):
+            raise EdgeAsrError(f"needs_30s_padding must be true or false, not {self.needs_30s_padding!r}.")
+        number = isinstance(self.margin_s, (int, float)) and not isinstance(self.margin_s, bool)
+        if not number or not 0 <= self.margin_s <= 30:
+            raise EdgeAsrError(f"the window margin must be 0 to 30 seconds, not {self.margin_s!r}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WindowPolicy":
+        """The policy in ``data`` (a checkpoint's "edge_asr" entry or a manifest's model section); validated."""
+        defaults = cls()
+        return cls(data.get("needs_30s_padding", defaults.needs_30s_padding),
+                   data.get("window_margin_s", defaults.margin_s)).validate()
+
+
+def encoder_frames(content_frames: int, policy: WindowPolicy, context: str | None = None,
+                   max_frames: int = N_FRAMES, min_s: float | None = None) -> int:
+    """Mel frames of the encoder window that holds ``content_frames`` of audio.
+
+    ``context`` "full" pads every window to ``max_frames``; "utterance" encodes the audio plus the model's
+    margin, rounded up to even, at least ``min_s`` (None: 15 s for stock Whisper, nothing for a model that
+    needs no padding) and at most ``max_frames``; None is the model's own choice: "full" for stock Whisper,
+    "utterance" for a model that needs no padding.
+    """
+    context = context or ("full" if policy.needs_30s_padding else "utterance")
+    if context == "full":
+        return max_frames
+    if min_s is None:
+        min_s = STOCK_MIN_CONTEXT_S if policy.needs_30s_padding else 0.0
+    wanted = max(content_frames + policy.margin_s * FRAMES_PER_SECOND, min_s * FRAMES_PER_SECOND)
+    return min(max_frames, 2 * math.ceil(wanted / 2))
