@@ -11,6 +11,7 @@ from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 STUDENT_FILE = "student.pt"
+ADAPTER_DIR = "adapter"  # beside the run's state, so the directory to ship holds the adapter alone
 REPORT_FILE = "report.json"
 
 DISTILL = (
@@ -20,9 +21,9 @@ DISTILL = (
     "(its top-k logits are cached once per corpus). Writes OUT/student.pt, which `edge-asr compile --model` "
     "reads, and OUT/report.json; rerunning with the same OUT resumes.")
 FINETUNE = (
-    "Fine-tune a model with LoRA on the attention projections and save the adapter alone (a few MB), which "
-    "`edge-asr compile --model BASE --adapter OUT` merges into the base weights. Labels only by default "
-    "(--alpha 1); rerunning with the same OUT resumes.")
+    "Fine-tune a model with LoRA on the attention projections and save the adapter alone (about 1 MB) in "
+    "OUT/adapter, which `edge-asr compile --model BASE --adapter OUT/adapter` merges into the base weights. "
+    "Labels only by default (--alpha 1); rerunning with the same OUT resumes.")
 
 
 def add_train_parsers(commands) -> None:
@@ -65,6 +66,8 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
     parser.add_argument("--eval-folder", type=Path, metavar="DIR",
                         help="held-out audio with DIR/references.tsv or a pocketsphinx transcription file "
                         "(default: the developer clips)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
+                        help="save the run's state every N steps, for a rerun to resume from (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: all cores)")
@@ -105,7 +108,7 @@ def run_finetune(args) -> int:
     print(f"{base.name} before fine-tuning: WER {before.wer:.2f} %", flush=True)
     history = _train(args, adapter.model, examples, evaluator, None)
     after = evaluator.evaluate(adapter.model, None)
-    path = adapter.save(args.output, base)
+    path = adapter.save(args.output / ADAPTER_DIR, base)
     _report(args, history, {"before": before, "after": after}, path)
     return 0
 
@@ -146,6 +149,7 @@ def _train(args, model, examples, evaluator, margin_s):
         steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation, learning_rate=args.lr,
         alpha=args.alpha, temperature=TemperatureSchedule(start, end, steps), margin_s=margin_s, seed=args.seed,
         device=args.device, evaluate_every=args.eval_every, warmup_steps=min(50, args.steps // 10),
+        checkpoint_every=args.checkpoint_every,
     )
     return train(model, examples, settings, args.output, evaluate=lambda m, step: evaluator.evaluate(m, margin_s).figures(),
                  log=lambda line: print(line, flush=True))

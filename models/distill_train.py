@@ -133,7 +133,11 @@ class _Trainer:
                 seconds = (time.monotonic() - started) / (record.step - first)
                 self._log_progress(record, seconds)
             if self.evaluate is not None and (last or _every(self.settings.evaluate_every, record.step)):
-                record = replace(record, evaluation=self._evaluation(record.step))
+                try:
+                    record = replace(record, evaluation=self._evaluation(record.step))
+                except KeyboardInterrupt:  # the step is done: keep it, unevaluated, for the rerun to resume after
+                    self._save([*history, record])
+                    raise
             history.append(record)
             if record.step % self.settings.checkpoint_every == 0 or last:
                 self._save(history)

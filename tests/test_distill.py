@@ -212,12 +212,14 @@ def test_resumed_run_continues_identically(examples, tmp_path):
             raise KeyboardInterrupt
         return {"tokens": 1.0}
 
-    with pytest.raises(KeyboardInterrupt):  # after the checkpoint of step 2, before that of step 4
+    with pytest.raises(KeyboardInterrupt):  # while evaluating step 3, between the checkpoints of steps 2 and 4
         train(tiny_model(1), examples, settings, tmp_path / "cut", teacher, crash_at_step_3, log=lambda line: None)
+    # Step 3 itself was done: the interruption saved it rather than losing it.
+    assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["history"]) == 3
     # A fresh student: everything it continues from must come out of the checkpoint.
     resumed = train(tiny_model(3), examples, settings, tmp_path / "cut", teacher, log=lambda line: None)
     assert [r.loss for r in resumed] == [r.loss for r in whole]
-    assert resumed[1].evaluation == {"tokens": 1.0} and resumed[3].evaluation is None
+    assert resumed[1].evaluation == {"tokens": 1.0} and resumed[2].evaluation is None and resumed[3].evaluation is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
