@@ -19,8 +19,8 @@ from torch import Tensor
 from edge_asr.models.distill_loss import IGNORE_INDEX, TeacherTopK
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.windows import WindowPolicy, encoder_frames
 
-FRAMES_PER_SECOND = 100  # 16 kHz / HOP_LENGTH
 # Zeros after the audio so the last frame's window (N_FFT wide, centred) lies wholly in them.
 SILENCE_TAIL = N_FFT + HOP_LENGTH
 BATCHES_PER_POOL = 50  # length-sorting pool: long enough to group similar lengths, short enough to stay random
@@ -82,14 +82,14 @@ class DistillBatch:
                             teacher_top)
 
 
-def collate(examples: Sequence[Example], margin_frames: int | None) -> DistillBatch:
-    """One batch; ``margin_frames`` None gives the student the whole 30 s window (a stock-length model)."""
-    if margin_frames is None:
+def collate(examples: Sequence[Example], margin_s: float | None) -> DistillBatch:
+    """One batch; the student reads the longest audio plus ``margin_s``, sized as the runtime sizes a
+    window of a model that needs no padding; None gives it the whole 30 s window (a stock-length model)."""
+    if margin_s is None:
         student_frames = N_FRAMES
     else:
-        wanted = max(e.audio_frames for e in examples) + margin_frames
-        # Even: the encoder's stride-2 convolution halves the frames into positions.
-        student_frames = min(N_FRAMES, wanted + wanted % 2)
+        policy = WindowPolicy(needs_30s_padding=False, margin_s=margin_s)
+        student_frames = encoder_frames(max(e.audio_frames for e in examples), policy)
     width = max(len(e.tokens) for e in examples) - 1
     # Padding comes after each row's tokens, where the causal mask hides it: its value never matters.
     tokens = torch.zeros((len(examples), width), dtype=torch.int64)

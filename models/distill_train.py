@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from edge_asr.models.distill_data import FRAMES_PER_SECOND, BatchOrder, Example, collate
+from edge_asr.models.distill_data import BatchOrder, Example, collate
 from edge_asr.models.distill_loss import DistillLoss, TemperatureSchedule, distillation_loss
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.dims import ModelDims
@@ -63,9 +63,6 @@ class TrainSettings:
         if self.margin_s is not None and self.margin_s < 0:
             raise EdgeAsrError(f"margin_s is the silence after the audio: at least 0, not {self.margin_s}.")
         self.temperature.validate()
-
-    def margin_frames(self) -> int | None:
-        return None if self.margin_s is None else round(self.margin_s * FRAMES_PER_SECOND)
 
     def learning_rate_at(self, step: int) -> float:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
@@ -168,7 +165,7 @@ class _Trainer:
     def _backward(self, batch_index: int, temperature: float) -> DistillLoss:
         """Forward and backward one batch; its gradients add to those of the step's other batches."""
         members = self.order[batch_index]
-        batch = collate([self.examples[i] for i in members], self.settings.margin_frames()).to(self.device)
+        batch = collate([self.examples[i] for i in members], self.settings.margin_s).to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             teacher_logits = batch.teacher_top if self.settings.alpha < 1 else None
             if self.teacher is not None:

@@ -18,11 +18,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from edge_asr.models.distill_data import Example, example_from_audio
+from edge_asr.models.distill_data import Example, collate, example_from_audio
+from edge_asr.models.distill_loss import IGNORE_INDEX
 from edge_asr.models.whisper_torch import WhisperModel
-from edge_asr.runtime.audio import load_audio
+from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.mel import N_SAMPLES, LogMelFrontend
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 
 SHARD_SIZE = 256
@@ -43,7 +44,7 @@ class LabelledAudio:
 
     def samples(self) -> np.ndarray:
         paths = (self.audio,) if isinstance(self.audio, Path) else self.audio
-        gap = np.zeros(round(JOIN_GAP_S * 16000), dtype=np.float32)
+        gap = np.zeros(round(JOIN_GAP_S * SAMPLE_RATE), dtype=np.float32)
         parts = [part for path in paths for part in (gap, load_audio(path))][1:]
         return np.concatenate(parts)
 
@@ -56,7 +57,7 @@ def joined(entries: Sequence[LabelledAudio], seconds: Sequence[float], size: int
     groups = []
     for first in range(0, len(order) - size + 1, size):
         members = [entries[i] for i in order[first : first + size]]
-        if sum(seconds[i] for i in order[first : first + size]) + (size - 1) * JOIN_GAP_S > N_SAMPLES / 16000:
+        if sum(seconds[i] for i in order[first : first + size]) + (size - 1) * JOIN_GAP_S > N_SAMPLES / SAMPLE_RATE:
             continue
         groups.append(LabelledAudio("+".join(m.id for m in members), tuple(m.audio for m in members),
                                     " ".join(m.text.strip() for m in members)))
@@ -135,18 +136,11 @@ def _examples(members: Sequence[LabelledAudio], tokenizer: WhisperTokenizer, fro
 @torch.no_grad()
 def _top_k(teacher: WhisperModel, batch: Sequence[Example], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per example, the teacher's top-k at each predicted position, reading the 30 s padded window."""
-    width = max(len(e.tokens) for e in batch) - 1
-    tokens = torch.zeros((len(batch), width), dtype=torch.int64)
-    for row, e in enumerate(batch):
-        tokens[row, : len(e.tokens) - 1] = torch.tensor(e.tokens[:-1])
-    mel = torch.from_numpy(np.stack([e.window(N_FRAMES) for e in batch]))
-    logits = teacher.eval().logits(mel, tokens)
-    tops = []
-    for row, e in enumerate(batch):
-        scored = logits[row, e.n_prompt - 1 : len(e.tokens) - 1].float()
-        values, indices = scored.topk(k, dim=-1)
-        tops.append((indices.numpy().astype(np.int32), values.numpy().astype(np.float16)))
-    return tops
+    stacked = collate(batch, margin_s=None)
+    scored = teacher.eval().logits(stacked.mel, stacked.tokens)[stacked.labels != IGNORE_INDEX].float()
+    values, indices = scored.topk(k, dim=-1)  # label order: example by example
+    ends = np.cumsum([len(e.tokens) - e.n_prompt for e in batch])[:-1]
+    return list(zip(np.split(indices.numpy().astype(np.int32), ends), np.split(values.numpy().astype(np.float16), ends)))
 
 
 def _write_shard(path: Path, examples: Sequence[Example]) -> None:

@@ -15,13 +15,13 @@ import torch
 
 from edge_asr.benchmarks.clips import Clip
 from edge_asr.benchmarks.wer import corpus_wer
-from edge_asr.models.distill_data import FRAMES_PER_SECOND, example_from_audio
+from edge_asr.models.distill_data import example_from_audio
 from edge_asr.models.teacher_cache import label_tokens
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.mel import LogMelFrontend
 from edge_asr.runtime.tokenizer import WhisperTokenizer
-from edge_asr.runtime.windows import WindowPolicy, encoder_frames
+from edge_asr.runtime.windows import FRAMES_PER_SECOND, WindowPolicy, encoder_frames
 
 LOOP_TOKENS_PER_SECOND = 12  # speech runs 2-5 tokens a second; three times that and more is a loop
 

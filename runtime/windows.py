@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.mel import HOP_LENGTH, N_FRAMES
+from edge_asr.runtime.mel import N_FRAMES
 
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 ENCODER_CONTEXTS = ("utterance", "full")
 # Shorter inputs make a stock Whisper loop or drop words: at 10 s the developer clips lost 3 words of 93
 # against 30 s, at 15 s none (benchmarks/stream_wer.py).

@@ -154,7 +154,7 @@ def test_teacher_and_student_windows_are_the_features_of_padded_audio():
     frontend = LogMelFrontend(80)
     audio = rng.normal(0, 0.1, 33333).astype(np.float32)
     example = example_from_audio(audio, [1, 2, 3], PROMPT, frontend)
-    batch = collate([example], margin_frames=100)
+    batch = collate([example], margin_s=1.0)
     assert np.array_equal(batch.mel[0].numpy(), frontend(audio, padding=N_SAMPLES)[:, :N_FRAMES])
     assert batch.student_frames == 33333 // 160 + 100  # the audio's 208 frames and one second
     margin = frontend(audio, padding=16000)[:, : batch.student_frames]
@@ -164,7 +164,7 @@ def test_teacher_and_student_windows_are_the_features_of_padded_audio():
 
 
 def test_collate_shifts_labels_and_hides_prompt_and_padding(examples):
-    batch = collate(examples[:2], margin_frames=None)
+    batch = collate(examples[:2], margin_s=None)
     assert batch.student_frames == N_FRAMES
     long, short = examples[0].tokens, examples[1].tokens
     assert batch.tokens[0].tolist() == list(long[:-1])

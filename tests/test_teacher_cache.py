@@ -15,6 +15,7 @@ from edge_asr.models.distill_loss import IGNORE_INDEX, TeacherTopK, distillation
 from edge_asr.models.distill_train import train
 from edge_asr.models.teacher_cache import LabelledAudio, cached_examples
 from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.mel import N_FRAMES
 
 from test_distill import SETTINGS, TINY, tiny_model
 
@@ -67,7 +68,7 @@ def test_cache_holds_the_teachers_top_k_and_reads_back_without_it(corpus, tmp_pa
     made = cached_examples(corpus, tmp_path / "cache", LetterTokenizer(), teacher, K, log=lines.append)
     assert len(lines) == 1 and "4/4 examples" in lines[0]
     read = cached_examples(corpus, tmp_path / "cache", LetterTokenizer(), None, K)  # no teacher: from disk alone
-    batch = collate(read, margin_frames=None)
+    batch = collate(read, margin_s=None)
     with torch.no_grad():
         logits = teacher.logits(batch.mel, batch.tokens)[batch.labels != IGNORE_INDEX]
     values, indices = logits.topk(K, dim=-1)
@@ -75,6 +76,12 @@ def test_cache_holds_the_teachers_top_k_and_reads_back_without_it(corpus, tmp_pa
     assert torch.allclose(batch.teacher_top.logits, values, atol=2e-2)  # stored as float16
     for a, b in zip(made, read):
         assert a.tokens == b.tokens and np.array_equal(a.mel, b.mel)
+    # Each example's share, against the teacher reading that example alone: rows are split at the right places.
+    for example in read:
+        with torch.no_grad():
+            alone = teacher.logits(torch.from_numpy(example.window(N_FRAMES))[None],
+                                   torch.tensor([example.tokens[:-1]]))[0, example.n_prompt - 1 :]
+        assert np.array_equal(example.teacher_top[0], alone.topk(K, dim=-1).indices.numpy())
     assert read[1].tokens == (LetterTokenizer.sot, LetterTokenizer.no_timestamps, *LetterTokenizer().encode("hello"),
                               LetterTokenizer.eot)
 
