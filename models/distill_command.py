@@ -36,6 +36,10 @@ def add_train_parsers(commands) -> None:
     di.add_argument("--margin", type=float, default=1.0, metavar="S",
                     help="seconds of silence after the longest audio of a batch in the student's window "
                     "(default: %(default)s)")
+    di.add_argument("--freeze", choices=("none", "encoder", "decoder"),
+                    help="keep this stack as the teacher's and train the rest (default: decoder when the student "
+                    "keeps the teacher's whole decoder: the encoder learns to end where the audio ends and the "
+                    "teacher's decoder, language model and all, stays as it is; none for a cut decoder)")
     _add_common(di, alpha=0.5, learning_rate=3e-5)
 
     ft = commands.add_parser("finetune", help="LoRA fine-tuning saved as a small adapter", description=FINETUNE)
@@ -74,7 +78,7 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
 
 
 def run_distill(args) -> int:
-    from edge_asr.models.student import make_student, save_openai_checkpoint
+    from edge_asr.models.student import freeze, make_student, save_openai_checkpoint
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
     from edge_asr.runtime.windows import WindowPolicy
@@ -84,6 +88,9 @@ def run_distill(args) -> int:
     teacher = from_checkpoint(checkpoint)
     examples, evaluator = _data(args, checkpoint, teacher if args.alpha < 1 else None)
     student = make_student(teacher, args.decoder_layers, args.encoder_layers)
+    frozen = freeze(student, args.freeze, args.decoder_layers)
+    if frozen != "none":
+        print(f"the student's {frozen} stays the teacher's (--freeze {frozen}); the rest is trained", flush=True)
     teacher_eval = evaluator.evaluate(teacher, None)
     print(f"teacher {checkpoint.name} at 30 s padded windows: WER {teacher_eval.wer:.2f} %", flush=True)
     history = _train(args, student, examples, evaluator, args.margin)

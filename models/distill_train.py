@@ -213,7 +213,11 @@ class _Trainer:
         except RuntimeError:
             raise EdgeAsrError(f"{self.checkpoint} holds the training state of another model: "
                                "give a new run directory.") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # another set of trainable parameters (a --freeze different from the run's)
+            raise EdgeAsrError(f"{self.checkpoint} trained other parameters than this run would (another "
+                               "--freeze or --stacks): give a new run directory.") from None
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"]:

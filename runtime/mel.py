@@ -96,6 +96,13 @@ class LogMelFrontend:
         out /= 4.0
         return out
 
+    @staticmethod
+    def silence_level(normalized: np.ndarray) -> float:
+        """The value digital silence takes in features normalised as ``normalize`` does: the floor, 8
+        below the log peak, which is 2 below the normalised peak. Whisper trained on 30 s windows whose
+        padding is silent audio, so this, not 0, is what a window is padded with after the audio."""
+        return float(normalized.max()) - 2.0
+
     def __call__(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
         """Whisper's features of ``audio`` and ``padding`` zeros, normalised over the clip."""
         log_mel = self.log_power(audio, padding)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.mel import N_FRAMES
+from edge_asr.runtime.mel import N_FRAMES, LogMelFrontend
 
 ENCODER_CONTEXTS = ("utterance", "full")
 # Shorter inputs make a stock Whisper loop or drop words: at 10 s the developer clips lost 3 words of 93
@@ -66,3 +68,17 @@ def encoder_frames(content_frames: int, policy: WindowPolicy, context: str | Non
         min_s = STOCK_MIN_CONTEXT_S if policy.needs_30s_padding else 0.0
     wanted = max(content_frames + policy.margin_s * FRAMES_PER_SECOND, min_s * FRAMES_PER_SECOND)
     return min(max_frames, 2 * math.ceil(wanted / 2))
+
+
+def padding_value(policy: WindowPolicy, features: np.ndarray) -> float:
+    """What a window is filled with after its audio, for a recording's normalised ``features``.
+
+    A length-adaptive model was trained on windows ending in the features of silent audio (the Mel
+    floor, as Whisper's own training pads its audio with zeros), and reads any other value as sound:
+    fed zeros, the tiny.en student lost 3 words of 93. Stock Whisper keeps the zeros of openai's
+    ``pad_or_trim``, which the streaming minimum context (STOCK_MIN_CONTEXT_S) was measured with; with
+    the floor instead, its 15 s window heard JFK's "And so my fellow Americans" as "And so am I".
+    """
+    if policy.needs_30s_padding or features.size == 0:
+        return 0.0
+    return LogMelFrontend.silence_level(features)

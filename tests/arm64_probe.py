@@ -25,7 +25,7 @@ def main(bundle: str, audio: str, out: str) -> None:
     engine, tokenizer = transcriber.engine, transcriber.tokenizer
     samples = load_audio(audio)
     content = transcriber.frontend(samples, padding=N_SAMPLES)[:, : len(samples) // HOP_LENGTH]
-    mel = window_mel(content[:, : 2 * engine.dims.n_audio_ctx], 2 * engine.dims.n_audio_ctx, None)
+    mel = window_mel(content[:, : 2 * engine.dims.n_audio_ctx], 2 * engine.dims.n_audio_ctx, None, 0.0)
     context = engine.encode(mel)
     tokens = np.array([[tokenizer.sot, tokenizer.no_timestamps]])
     logits = engine.decode(tokens, np.zeros(1, np.int64), engine.new_cache(1), context, np.array([[0, 1]]))

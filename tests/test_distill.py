@@ -344,3 +344,21 @@ def test_adapter_refuses_another_base_and_damaged_files(adapter, tmp_path):
         apply_adapter(tiny_checkpoint(tiny_model(0), sha256="a" * 64), directory)
     with pytest.raises(ModelSourceError, match="missing"):
         apply_adapter(tiny_checkpoint(tiny_model(0), sha256="a" * 64), tmp_path / "nothing")
+
+
+def test_frozen_decoder_stays_the_teachers_while_the_encoder_learns(examples, tmp_path):
+    from edge_asr.models.student import freeze
+
+    teacher = tiny_model(2)
+    student = make_student(teacher)
+    assert freeze(student, None) == "decoder"  # the default for a student that keeps the whole decoder
+    assert freeze(make_student(teacher, [0, 3]), None, decoder_layers=[0, 3]) == "none"
+    train(student, examples, replace(SETTINGS, steps=2), tmp_path, teacher, log=lambda line: None)
+    before, after = teacher.state_dict(), student.state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in after if name.startswith("decoder."))
+    assert not all(torch.equal(after[name], before[name]) for name in after if name.startswith("encoder."))
+    # Resuming that run with the decoder trained too would need optimizer state it never had.
+    with pytest.raises(EdgeAsrError, match="other parameters"):
+        train(make_student(teacher), examples, replace(SETTINGS, steps=3), tmp_path, teacher, log=lambda line: None)
+    with pytest.raises(EdgeAsrError, match="none, encoder or decoder"):
+        freeze(make_student(teacher), "both")

@@ -69,13 +69,15 @@ class HearsNothing:
 
 
 class Recording:
-    """Passes every call on to ``engine`` and notes the Mel frames of each window it encodes."""
+    """Passes every call on to ``engine`` and notes the Mel frames of each window it encodes, and the
+    window's last frame, which lies in the padding after the audio."""
 
     def __init__(self, engine):
-        self.engine, self.dims, self.windows = engine, engine.dims, []
+        self.engine, self.dims, self.windows, self.last_frames = engine, engine.dims, [], []
 
     def encode(self, mel: np.ndarray):
         self.windows.append(mel.shape[2])
+        self.last_frames.append((mel[0, :, -1].copy(), float(mel.max())))
         return self.engine.encode(mel)
 
     def new_cache(self, batch: int):
@@ -181,6 +183,21 @@ def test_offline_window_of_a_3_s_utterance(tok, policy, context, windows):
     engine = Recording(HearsNothing(tok))
     list(transcribe(engine, tok, noise_mel(300), TranscribeOptions(window_policy=policy, encoder_context=context)))
     assert engine.windows == windows
+
+
+@pytest.mark.parametrize("policy", [STUDENT, STOCK])
+def test_window_padding_is_silence_for_a_student_and_zeros_for_stock_whisper(tok, policy):
+    """A student learnt windows ending in the features of silent audio, 2 below the recording's normalised
+    peak (Whisper's 80 dB floor); stock Whisper keeps openai's pad_or_trim zeros."""
+    mel = noise_mel(300)
+    expected = mel.max() - 2.0 if policy is STUDENT else 0.0
+    engine = Recording(HearsNothing(tok))
+    list(transcribe(engine, tok, mel, TranscribeOptions(window_policy=policy)))
+    stream_windows(engine, tok, TranscribeOptions(window_policy=policy), StreamOptions(partial_interval_s=0))
+    assert len(engine.last_frames) >= 2
+    for last, peak in engine.last_frames:  # a stream's windows are normalised over their own peak
+        assert np.all(last == (peak - 2.0 if policy is STUDENT else 0.0))
+    assert np.all(engine.last_frames[0][0] == np.float32(expected))
 
 
 def test_long_audio_still_goes_in_windows_of_at_most_30_s(tok):

@@ -23,7 +23,7 @@ from edge_asr.runtime.engines.base import AudioContext, Engine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
-from edge_asr.runtime.windows import encoder_frames
+from edge_asr.runtime.windows import encoder_frames, padding_value
 
 # Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
 FLAT_MEL_RANGE = 1e-3
@@ -50,6 +50,7 @@ def transcribe(
         tokens=tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else [],
     )
     language = _fixed_language(tokenizer, options)
+    padding = padding_value(options.window_policy, mel)
     seek = 0
     while seek < content_frames:
         audio_frames = min(options.window_frames, content_frames - seek)
@@ -59,7 +60,7 @@ def transcribe(
             segments, consumed = [], audio_frames
         else:
             frames = encoder_frames(audio_frames, options.window_policy, options.encoder_context, options.window_frames)
-            audio = engine.encode(window_mel(content, frames, window_buffer))
+            audio = engine.encode(window_mel(content, frames, window_buffer, padding))
             if language is None:
                 language = detect_language(engine, tokenizer, audio)[0][0]
             segments, consumed = _transcribe_window(
@@ -207,15 +208,15 @@ def _fixed_language(tokenizer: WhisperTokenizer, options: TranscribeOptions) -> 
     return language_code(options.language) if options.language is not None else None
 
 
-def window_mel(content: np.ndarray, window_frames: int, buffer: np.ndarray | None) -> np.ndarray:
-    """float32 [1, n_mels, window_frames]: the content, then zeros (as openai's pad_or_trim)."""
+def window_mel(content: np.ndarray, window_frames: int, buffer: np.ndarray | None, padding: float) -> np.ndarray:
+    """float32 [1, n_mels, window_frames]: the content, then ``padding`` (``windows.padding_value``)."""
     n_mels, frames = content.shape
     if buffer is None:
         window = np.empty((1, n_mels, window_frames), dtype=np.float32)
     else:
         window = buffer[: n_mels * window_frames].reshape(1, n_mels, window_frames)
     window[0, :, :frames] = content
-    window[0, :, frames:] = 0
+    window[0, :, frames:] = padding
     return window
 
 

@@ -129,10 +129,13 @@ class TvmEngine:
         if bucket is None:
             raise ValueError(f"this bundle's encoder takes at most {max(self.encoders)} Mel frames, not {frames}")
         encoder = self.encoders[bucket]
-        window = np.zeros((1, n_mels, bucket), np.float32)  # zeros past the audio, as window_mel pads
+        window = np.empty((1, n_mels, bucket), np.float32)
         rows = []
         for row in range(batch):
             window[0, :, :frames] = mel[row]
+            # Past the window, more of its last frame: window_mel ends a window in silence (Whisper's
+            # padding); a bucket wider than a length-adaptive model's window only lengthens that silence.
+            window[0, :, frames:] = mel[row, :, -1:]
             rows.append(encoder([self.tvm.runtime.tensor(window)]))
         cross_k, cross_v = (np.concatenate([r[i] for r in rows], axis=1) if batch > 1 else rows[0][i] for i in (0, 1))
         return TvmAudioContext(cross_k, cross_v)

@@ -28,7 +28,7 @@ from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.mel_stream import StreamingLogMel
 from edge_asr.runtime.streaming.segmenter import UtteranceEvent, VadOptions, VadSegmenter
 from edge_asr.runtime.tokenizer import WhisperTokenizer
-from edge_asr.runtime.windows import ENCODER_CONTEXTS, encoder_frames
+from edge_asr.runtime.windows import ENCODER_CONTEXTS, encoder_frames, padding_value
 
 RING_FRAMES = N_FRAMES + 1500  # a 30 s utterance plus the padding and VAD delay before it is cut
 PROMPT_CHARACTERS = 600  # previous finals that prompt the next utterance (about 150 tokens)
@@ -176,6 +176,7 @@ class StreamRecognizer:
         options = self.transcribe_options
         cap = token_cap(content.shape[1] / 100, options.max_tokens_per_second)
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
-        audio = self.engine.encode(window_mel(content, window_frames, self._window))
+        padding = padding_value(options.window_policy, content)  # the window is normalised over its own peak
+        audio = self.engine.encode(window_mel(content, window_frames, self._window, padding))
         (result,) = decode_window(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
         return result.text if has_words(result.text) else ""
