@@ -40,20 +40,24 @@ def add_train_parsers(commands) -> None:
                     help="keep this stack as the teacher's and train the rest (default: decoder when the student "
                     "keeps the teacher's whole decoder: the encoder learns to end where the audio ends and the "
                     "teacher's decoder, language model and all, stays as it is; none for a cut decoder)")
-    _add_common(di, alpha=0.5, learning_rate=3e-5)
+    _add_common(di, alpha=0.5, learning_rate=2e-5, steps=400)
 
     ft = commands.add_parser("finetune", help="LoRA fine-tuning saved as a small adapter", description=FINETUNE)
     ft.add_argument("--base", default="tiny.en", help="zoo name or checkpoint path (default: %(default)s)")
     ft.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default: %(default)s)")
     ft.add_argument("--stacks", type=_names, default=("encoder", "decoder"), metavar="encoder,decoder",
                     help="where LoRA goes (default: both; decoder alone trains several times faster)")
-    _add_common(ft, alpha=1.0, learning_rate=1e-3)
+    ft.add_argument("--margin", type=float, metavar="S",
+                    help="train a length-adaptive adapter, as distill trains a student: the model reads the "
+                    "longest audio of a batch plus S seconds, and the adapter records that window policy "
+                    "(default: Whisper's 30 s windows)")
+    _add_common(ft, alpha=1.0, learning_rate=1e-3, steps=1000)
 
 
-def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float) -> None:
+def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float, steps: int) -> None:
     parser.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="a corpus made by `edge-asr corpus`")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="run directory")
-    parser.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per batch (default: %(default)s)")
     parser.add_argument("--accumulation", type=positive_int, default=1, help="batches per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
@@ -105,6 +109,7 @@ def run_finetune(args) -> int:
     from edge_asr.models.lora import LoraAdapter, LoraSettings
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
+    from edge_asr.runtime.windows import WindowPolicy
 
     _threads(args.threads)
     base = resolve_model(args.base)
@@ -112,10 +117,11 @@ def run_finetune(args) -> int:
     examples, evaluator = _data(args, base, teacher)
     adapter = LoraAdapter(from_checkpoint(base), LoraSettings(rank=args.rank, stacks=args.stacks))
     before = evaluator.evaluate(adapter.model, None)
-    print(f"{base.name} before fine-tuning: WER {before.wer:.2f} %", flush=True)
-    history = _train(args, adapter.model, examples, evaluator, None)
-    after = evaluator.evaluate(adapter.model, None)
-    path = adapter.save(args.output / ADAPTER_DIR, base)
+    print(f"{base.name} before fine-tuning, 30 s windows: WER {before.wer:.2f} %", flush=True)
+    history = _train(args, adapter.model, examples, evaluator, args.margin)
+    after = evaluator.evaluate(adapter.model, args.margin)
+    window = None if args.margin is None else WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
+    path = adapter.save(args.output / ADAPTER_DIR, base, window)
     _report(args, history, {"before": before, "after": after}, path)
     return 0
 

@@ -18,6 +18,7 @@ from edge_asr.models.checkpoint import Checkpoint, read_json
 from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
 from edge_asr.runtime.bundle import sha256_of
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
+from edge_asr.runtime.windows import WindowPolicy
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_INFO = "adapter.json"
@@ -89,8 +90,9 @@ class LoraAdapter:
             raise ModelSourceError(f"{source} does not fit this model: its LoRA tensors differ in names or shapes.")
         _peft().set_peft_model_state_dict(self._tuner, tensors, adapter_name=ADAPTER_NAME)
 
-    def save(self, directory: Path, base: Checkpoint) -> Path:
-        """Write the adapter directory for a model fine-tuned from ``base``."""
+    def save(self, directory: Path, base: Checkpoint, window: WindowPolicy | None = None) -> Path:
+        """Write the adapter directory for a model fine-tuned from ``base``; ``window``: the encoder
+        input it was trained on, when not the base's (a length-adaptive adapter)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -103,6 +105,8 @@ class LoraAdapter:
             "lora": self.settings.to_dict(),
             "weights_sha256": sha256_of([directory / ADAPTER_WEIGHTS]),
         }
+        if window is not None:
+            info["window"] = window.validate().to_dict()
         (directory / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
         return directory
 
@@ -136,6 +140,7 @@ def apply_adapter(base: Checkpoint, directory: Path) -> Checkpoint:
         tensors={name: tensor.detach().numpy() for name, tensor in merged.state_dict().items()},
         source=f"{base.source} + LoRA adapter {directory}",
         source_sha256=both,
+        window_policy=WindowPolicy.from_dict(info["window"]) if "window" in info else base.window_policy,
     )
 
 
@@ -144,7 +149,8 @@ def read_adapter_info(directory: Path) -> dict:
     info = read_json(Path(directory) / ADAPTER_INFO)
     keys = {"base_model", "base_sha256", "lora", "weights_sha256"}
     if (info.get("format") != ADAPTER_FORMAT or not keys <= set(info)
-            or set(info["lora"]) != {f.name for f in fields(LoraSettings)}):
+            or set(info["lora"]) != {f.name for f in fields(LoraSettings)}
+            or not isinstance(info.get("window", {}), dict)):
         raise ModelSourceError(f"{directory} is not an edge-asr LoRA adapter ({ADAPTER_FORMAT}).")
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file() or sha256_of([weights]) != info["weights_sha256"]:

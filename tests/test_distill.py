@@ -20,6 +20,7 @@ from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.windows import WindowPolicy
 
 from conftest import require
 
@@ -320,6 +321,15 @@ def test_saved_adapter_holds_the_lora_tensors_alone_and_reapplies_to_its_base(ad
     model = WhisperModel(applied.dims)
     model.load_state_dict({name: torch.from_numpy(t) for name, t in applied.tensors.items()})
     assert torch.allclose(_logits(model), _logits(adapter.model), atol=1e-4)
+    assert applied.window_policy == WindowPolicy()  # trained on 30 s windows: the base's policy
+
+
+def test_length_adaptive_adapter_gives_the_merged_model_its_window_policy(adapter, tmp_path):
+    from edge_asr.models.lora import apply_adapter
+
+    base = tiny_checkpoint(tiny_model(0), sha256="a" * 64)
+    window = WindowPolicy(needs_30s_padding=False, margin_s=0.5)
+    assert apply_adapter(base, adapter.save(tmp_path / "adaptive", base, window)).window_policy == window
 
 
 def test_tiny_en_sized_adapter_is_about_a_megabyte(tmp_path):

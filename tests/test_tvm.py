@@ -82,8 +82,8 @@ def test_tvm_engine_matches_onnxruntime(tvm_x86_bundle, tiny_fp32_bundle, jfk_wa
     tvm_engine = load_engine(load_bundle(tvm_x86_bundle), 2)
     ort_engine = load_engine(load_bundle(tiny_fp32_bundle), 2)
     rng = np.random.default_rng(0)
-    mel = rng.standard_normal((1, 80, 2400)).astype(np.float32)  # shorter than the compiled 3000: zero-padded
-    padded = np.zeros((1, 80, 3000), np.float32)
+    mel = rng.standard_normal((1, 80, 2400)).astype(np.float32)  # shorter than the compiled 3000: padded
+    padded = np.repeat(mel[..., -1:], 3000, axis=2)  # with its last frame (a runtime window's padding value)
     padded[..., :2400] = mel
     tvm_audio, ort_audio = tvm_engine.encode(mel).take(np.array([0, 0])), ort_engine.encode(padded).take(np.array([0, 0]))
     assert np.abs(tvm_audio.cross_k - ort_audio.cross_k).max() < 1e-3
@@ -146,7 +146,7 @@ def test_student_bundle_has_window_buckets_that_match_onnxruntime(tmp_path_facto
     rng = np.random.default_rng(0)
     for frames, bucket in ((400, 1000), (1000, 1000), (1500, 2000), (2400, 3000)):
         mel = rng.standard_normal((1, 80, frames)).astype(np.float32)
-        padded = np.zeros((1, 80, bucket), np.float32)
+        padded = np.repeat(mel[..., -1:], bucket, axis=2)  # the bucket continues the window's last frame
         padded[..., :frames] = mel
         tvm_audio, ort_audio = tvm_engine.encode(mel), ort_engine.encode(padded)
         assert tvm_audio.cross_k.shape == ort_audio.cross_k.shape and tvm_audio.cross_k.shape[3] == bucket // 2
