@@ -18,7 +18,8 @@ BARE_RANK = 0.2  # share of calls that give a rank alone, as "five five" does
 
 
 def card_phrases(count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct phrases of one to three cards."""
+    """``count`` distinct phrases of one to three cards, written as Whisper writes ("Ten of clubs, five."):
+    labels in lower case without punctuation teach a fine-tune to drop both everywhere."""
     rng = np.random.default_rng(seed)
     phrases: dict[str, None] = {}
     while len(phrases) < count:
@@ -26,7 +27,8 @@ def card_phrases(count: int, seed: int = 0) -> list[str]:
         for _ in range(int(rng.integers(1, 4))):
             rank = RANKS[rng.integers(len(RANKS))]
             calls.append(rank if rng.random() < BARE_RANK else f"{rank} of {SUITS[rng.integers(len(SUITS))]}")
-        phrases[" ".join(calls)] = None
+        phrase = ", ".join(calls)
+        phrases[phrase[0].upper() + phrase[1:] + "."] = None
     return list(phrases)
 
 

@@ -55,7 +55,9 @@ def add_train_parsers(commands) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float, steps: int) -> None:
-    parser.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="a corpus made by `edge-asr corpus`")
+    parser.add_argument("--corpus", type=Path, nargs="+", required=True, metavar="DIR",
+                        help="one or more corpora made by `edge-asr corpus`, trained on together (e.g. a domain's "
+                        "phrases and general sentences, so that a fine-tune keeps the rest of the language)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="run directory")
     parser.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per batch (default: %(default)s)")
@@ -135,14 +137,16 @@ def _data(args, checkpoint, teacher):
     from edge_asr.runtime.tokenizer import WhisperTokenizer
 
     tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, multilingual=checkpoint.dims.n_vocab >= 51865)
-    corpus = read_manifest(args.corpus)
-    entries = [LabelledAudio(e.id, args.corpus / e.audio, e.text) for e in corpus]
-    if args.join > 1:
-        entries += joined(entries, [e.duration_s for e in corpus], args.join, args.seed)
     k = args.top_k if teacher is not None else 0
-    directory = cache_directory(args.corpus, checkpoint.source_sha256, k)
-    examples = cached_examples(entries, directory, tokenizer, teacher, k, checkpoint.dims.n_mels,
-                               log=lambda line: print(line, flush=True))
+    examples = []
+    for corpus_dir in args.corpus:  # each corpus joins its own utterances and keeps its own teacher cache
+        corpus = read_manifest(corpus_dir)
+        entries = [LabelledAudio(e.id, corpus_dir / e.audio, e.text) for e in corpus]
+        if args.join > 1:
+            entries += joined(entries, [e.duration_s for e in corpus], args.join, args.seed)
+        directory = cache_directory(corpus_dir, checkpoint.source_sha256, k)
+        examples += cached_examples(entries, directory, tokenizer, teacher, k, checkpoint.dims.n_mels,
+                                    log=lambda line: print(line, flush=True))
     if args.eval_folder is None:
         clips = developer_clips()
     else:  # a pocketsphinx test folder (a transcription file), or audio with references.tsv
@@ -170,7 +174,7 @@ def _train(args, model, examples, evaluator, margin_s):
 
 def _report(args, history, evaluations: dict, written: Path) -> None:
     report = {
-        "command": vars(args) | {"corpus": str(args.corpus), "output": str(args.output),
+        "command": vars(args) | {"corpus": [str(c) for c in args.corpus], "output": str(args.output),
                                  "eval_folder": None if args.eval_folder is None else str(args.eval_folder)},
         "written": str(written),
         "history": [asdict(record) for record in history],

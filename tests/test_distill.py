@@ -372,3 +372,18 @@ def test_frozen_decoder_stays_the_teachers_while_the_encoder_learns(examples, tm
         train(make_student(teacher), examples, replace(SETTINGS, steps=3), tmp_path, teacher, log=lambda line: None)
     with pytest.raises(EdgeAsrError, match="none, encoder or decoder"):
         freeze(make_student(teacher), "both")
+
+
+def test_train_commands_parse_several_corpora_and_default_to_the_measured_recipe():
+    import argparse
+
+    from edge_asr.models.distill_command import add_train_parsers
+
+    parser = argparse.ArgumentParser()
+    add_train_parsers(parser.add_subparsers(dest="command"))
+    finetune = parser.parse_args(["finetune", "--corpus", "cards", "general", "-o", "run", "--margin", "1"])
+    assert finetune.corpus == [Path("cards"), Path("general")] and finetune.margin == 1.0
+    distill = parser.parse_args(["distill", "--corpus", "general", "-o", "run"])
+    assert (distill.steps, distill.lr, distill.freeze, distill.margin) == (400, 2e-5, None, 1.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--corpus", "general", "-o", "run", "--freeze", "both"])
