@@ -152,6 +152,8 @@ def read_adapter_info(directory: Path) -> dict:
             or set(info["lora"]) != {f.name for f in fields(LoraSettings)}
             or not isinstance(info.get("window", {}), dict)):
         raise ModelSourceError(f"{directory} is not an edge-asr LoRA adapter ({ADAPTER_FORMAT}).")
+    if "window" in info:  # checked here, before compile does any work, not only when the adapter is merged
+        WindowPolicy.from_dict(info["window"])
     weights = Path(directory) / ADAPTER_WEIGHTS
     if not weights.is_file() or sha256_of([weights]) != info["weights_sha256"]:
         raise ModelSourceError(f"{weights} is missing or does not match the sha256 in {ADAPTER_INFO}.")

@@ -2,6 +2,7 @@
 features shared by teacher and student, training, resuming, and adapters that merge and re-apply."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -330,6 +331,14 @@ def test_length_adaptive_adapter_gives_the_merged_model_its_window_policy(adapte
     base = tiny_checkpoint(tiny_model(0), sha256="a" * 64)
     window = WindowPolicy(needs_30s_padding=False, margin_s=0.5)
     assert apply_adapter(base, adapter.save(tmp_path / "adaptive", base, window)).window_policy == window
+    # A damaged window entry is refused when the adapter is read, before compile does any work.
+    from edge_asr.models.lora import ADAPTER_INFO, read_adapter_info
+
+    info_path = tmp_path / "adaptive" / ADAPTER_INFO
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps(info | {"window": {"needs_30s_padding": False, "window_margin_s": 99}}))
+    with pytest.raises(EdgeAsrError, match="the window margin must be 0 to 30 seconds"):
+        read_adapter_info(tmp_path / "adaptive")
 
 
 def test_tiny_en_sized_adapter_is_about_a_megabyte(tmp_path):

@@ -133,8 +133,8 @@ class TvmEngine:
         rows = []
         for row in range(batch):
             window[0, :, :frames] = mel[row]
-            # Past the window, more of its last frame: window_mel ends a window in silence (Whisper's
-            # padding); a bucket wider than a length-adaptive model's window only lengthens that silence.
+            # Past the window, more of its last frame, which window_mel made padding (windows.padding_value):
+            # a bucket wider than the window only lengthens the padding the model was given anyway.
             window[0, :, frames:] = mel[row, :, -1:]
             rows.append(encoder([self.tvm.runtime.tensor(window)]))
         cross_k, cross_v = (np.concatenate([r[i] for r in rows], axis=1) if batch > 1 else rows[0][i] for i in (0, 1))
