@@ -76,7 +76,7 @@ def log(message: str) -> None:
 
 def edge_asr_transcriber(spec: BenchSpec):
     """The Transcriber of the bundle, its engine wrapped to time the encoder and decoder calls."""
-    from edge_asr.benchmarks.timed_engine import TimedEngine
+    from edge_asr.runtime.engines.timed import TimedEngine
     from edge_asr.runtime.transcriber import Transcriber
 
     transcriber = Transcriber(spec.bundle, threads=spec.threads)

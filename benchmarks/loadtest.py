@@ -40,12 +40,14 @@ import numpy as np
 
 from edge_asr.benchmarks.bench_command import _require_scoring
 from edge_asr.benchmarks.clips import Clip, developer_clips, folder_clips
+from edge_asr.benchmarks.engine_split import engine_split, scrape_engine
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
 from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
 from edge_asr.benchmarks.report import LATENCY_COLUMNS, Column, _num, _table, latency_figures, write_json
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.engines.timed import ENGINE_OPS
 from edge_asr.runtime.errors import EdgeAsrError
 
 SCHEMA = "edge-asr-loadtest/1"
@@ -72,8 +74,11 @@ def run(args) -> int:
     most = args.max_streams_to_try if args.find_max else args.streams
     with _server(args, most) as url:
         def measure(count: int) -> dict:
-            trial = trial_figures(play_trial(url, args.token, stream_plan(clips, count, args.seconds),
-                                             args.chunk_ms * SAMPLE_RATE // 1000), args.max_p90)
+            before, started = scrape_engine(url, args.token), time.monotonic()
+            streams = play_trial(url, args.token, stream_plan(clips, count, args.seconds),
+                                 args.chunk_ms * SAMPLE_RATE // 1000)
+            trial = trial_figures(streams, args.max_p90)
+            trial["engine"] = engine_split(before, scrape_engine(url, args.token), time.monotonic() - started)
             print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
             return trial
 
@@ -423,8 +428,20 @@ TRIAL_COLUMNS: list[Column] = [
     ("Jain", lambda t: _num(t["jain_mean_latency"], ".3f")),
     ("p90 max/min", lambda t: _num(t["p90_max_over_min"], ".2f")),
     ("WER %", lambda t: _num(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
-    ("errors", lambda t: str(t["errors"])), ("passes", lambda t: "yes" if t["passes"] else "no"),
+    ("errors", lambda t: str(t["errors"])),
+    # From the server's /metrics: how busy its engine was, the steps' share of that, the rows a step carried.
+    ("engine busy %", lambda t: _engine(t, lambda e: _num(e["busy"], ".0f", 100.0))),
+    ("encode/prompt/step %", lambda t: _engine(t, lambda e: "/".join(_num(e["share"][op], ".0f", 100.0)
+                                                                 for op in ENGINE_OPS))),
+    ("rows a step", lambda t: _engine(t, lambda e: _num(e["rows_per_step"], ".2f"))),
+    ("ms a step row", lambda t: _engine(t, lambda e: _num(e["ms_per_step_row"], ".2f"))),
+    ("passes", lambda t: "yes" if t["passes"] else "no"),
 ]
+
+
+def _engine(trial: dict, show: Callable[[dict], str]) -> str:
+    return show(trial["engine"]) if trial.get("engine") else "-"
+
 STREAM_COLUMNS: list[Column] = [
     ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),
     ("finals", lambda r: str(r["finals"])), *LATENCY_COLUMNS,

@@ -26,7 +26,7 @@ import numpy as np
 from edge_asr.benchmarks.clips import developer_clips
 from edge_asr.benchmarks.realtime_play import faint_noise, play, speech_stream
 from edge_asr.benchmarks.report import latency_figures
-from edge_asr.benchmarks.timed_engine import TimedEngine
+from edge_asr.runtime.engines.timed import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
@@ -52,7 +52,7 @@ def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions
     return {
         "encoder_context": options.encoder_context,
         "wer": corpus_wer([(" ".join(references), " ".join(f.text for f in run.finals))]),
-        "partials": run.partials, "encoder_calls": engine.encoder_calls, "encoder_seconds": engine.encoder_seconds,
+        "partials": run.partials, "encoder_calls": engine.tally()["encode"].calls, "encoder_seconds": engine.encoder_seconds,
         **latency,
         "finals": [asdict(f) | {"latency_s": f.latency_s} for f in run.finals],
     }
@@ -62,7 +62,7 @@ def idle_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions, s
              rng: np.random.Generator) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
     run = play([recognizer], [faint_noise(seconds, rng)])
-    return {"seconds": run.wall_s, "cpu_percent": 100 * run.cpu_s / run.wall_s, "encoder_calls": engine.encoder_calls,
+    return {"seconds": run.wall_s, "cpu_percent": 100 * run.cpu_s / run.wall_s, "encoder_calls": engine.tally()["encode"].calls,
             "finals": len(run.finals), "partials": run.partials}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_asr.benchmarks.clips import Clip, developer_clips
-from edge_asr.benchmarks.timed_engine import TimedEngine
+from edge_asr.runtime.engines.timed import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
@@ -56,7 +56,7 @@ def stream_clips(transcriber: Transcriber, clips: list[Clip], options: StreamOpt
         vad.reset()
         recognizer = StreamRecognizer(engine, transcriber.tokenizer, vad, transcriber.options(), options)
         texts.append(stream_text(recognizer, load_audio(clip.path)))
-    return StreamRun(texts, engine.encoder_calls, engine.encoder_frames, engine.encoder_seconds,
+    return StreamRun(texts, engine.tally()["encode"].calls, engine.encoder_frames, engine.encoder_seconds,
                      time.perf_counter() - started)
 
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import require, run_cli
 from edge_asr.benchmarks.clips import JFK, JFK_TEXT, folder_clips, read_references
 from edge_asr.benchmarks.realtime_play import BLOCK, play
-from edge_asr.benchmarks.timed_engine import TimedEngine
+from edge_asr.runtime.engines.timed import TimedEngine
 from edge_asr.benchmarks.wer import normalise
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
@@ -75,16 +75,21 @@ class SleepyEngine:
         return f"cache{batch}"
 
 
-def test_timed_engine_counts_and_times_calls():
+def test_timed_engine_counts_and_times_calls_by_kind():
     engine = TimedEngine(SleepyEngine())
     assert engine.encode(np.zeros((2, 80, 100), np.float32)) == "audio"
+    engine.decode(np.zeros((2, 5), np.int64), None, None, None, None)  # a prompt pass: 5 tokens a row
     for _ in range(3):
-        engine.decode(None, None, None, None, None)
+        engine.decode(np.zeros((2, 1), np.int64), None, None, None, None)  # a step: one token a row
     assert engine.new_cache(2) == "cache2"  # everything else passes through
-    assert (engine.encoder_calls, engine.encoder_frames, engine.decoder_calls) == (1, 200, 3)
-    assert 0.02 <= engine.encoder_seconds < 0.2 and 0.03 <= engine.decoder_seconds < 0.3
+    tally = engine.tally()
+    assert [(tally[op].calls, tally[op].rows) for op in ("encode", "prompt", "step")] == [(1, 2), (1, 2), (3, 6)]
+    assert engine.encoder_frames == 200
+    assert 0.02 <= engine.encoder_seconds < 0.2 and 0.04 <= engine.decoder_seconds < 0.4
+    assert 0.03 <= tally["step"].seconds < tally["step"].seconds + tally["prompt"].seconds == engine.decoder_seconds
     engine.reset()
-    assert (engine.encoder_calls, engine.decoder_calls, engine.decoder_seconds) == (0, 0, 0.0)
+    assert [engine.tally()[op].calls for op in ("encode", "prompt", "step")] == [0, 0, 0]
+    assert engine.decoder_seconds == 0.0
 
 
 class ScriptedRecognizer:

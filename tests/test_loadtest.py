@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from edge_asr.benchmarks import loadtest
+from edge_asr.benchmarks.engine_split import engine_split, metrics_url, parse_engine_counters
 from edge_asr.benchmarks.loadtest import find_max, main
 from edge_asr.runtime.audio import SAMPLE_RATE
 
@@ -208,3 +209,32 @@ def test_a_server_started_here_serves_the_trial(tmp_path, tiny_bundle, jfk_wav):
     trial = loadtest_json(tmp_path, "--bundle", str(tiny_bundle), "--threads", "2", "--input", str(folder),
                           "--seconds", "4")["trials"][0]
     assert trial["finals"] >= 1 and trial["kept_up"] == 1 and trial["errors"] == 0
+    # The server's /metrics, read before and after: its engine encoded, prompted and stepped in the trial.
+    engine = trial["engine"]
+    assert min(engine["calls"].values()) >= 1 and engine["rows_per_step"] >= 1
+    assert sum(engine["share"].values()) == pytest.approx(1.0) and 0 < engine["busy"] < 2
+
+
+def test_engine_split_from_two_scrapes():
+    exposition = '''# HELP edge_asr_engine_seconds_total Engine time, by kind of call.
+edge_asr_engine_seconds_total{op="encode"} %s
+edge_asr_engine_seconds_total{op="prompt"} 1.0
+edge_asr_engine_seconds_total{op="step"} %s
+edge_asr_engine_calls_total{op="encode"} 10.0
+edge_asr_engine_calls_total{op="prompt"} 10.0
+edge_asr_engine_calls_total{op="step"} %s
+edge_asr_engine_rows_total{op="encode"} 10.0
+edge_asr_engine_rows_total{op="prompt"} 10.0
+edge_asr_engine_rows_total{op="step"} %s
+edge_asr_active_streams 2.0
+'''
+    before = parse_engine_counters(exposition % (2.0, 1.0, 100.0, 100.0))
+    after = parse_engine_counters(exposition % (8.0, 5.0, 150.0, 300.0))
+    assert before["step"] == {"seconds": 1.0, "calls": 100.0, "rows": 100.0}
+    split = engine_split(before, after, wall_s=20.0)
+    assert split["seconds"] == {"encode": 6.0, "prompt": 0.0, "step": 4.0}
+    assert split["share"]["encode"] == pytest.approx(0.6) and split["busy"] == pytest.approx(0.5)
+    assert split["rows_per_step"] == 4.0 and split["ms_per_step_row"] == pytest.approx(20.0)
+    assert engine_split(None, after, 20.0) is None and parse_engine_counters("edge_asr_active_streams 2.0") == {}
+    assert metrics_url("ws://127.0.0.1:8765/") == "http://127.0.0.1:8765/metrics"
+    assert metrics_url("wss://asr.example:443/") == "https://asr.example:443/metrics"

@@ -204,3 +204,33 @@ def test_options_are_validated():
         SchedulerOptions(turn_s=5, max_queued_s=2).validate()
     with pytest.raises(EdgeAsrError, match="as many VADs"):
         StreamScheduler(lambda vad: None, [FakeVad()], SchedulerOptions(max_streams=2))
+
+
+def test_batched_workers_are_refused_for_a_bundle_outside_onnxruntime(monkeypatch):
+    """The step batcher pools caches in host memory: a TVM or TensorRT bundle serves with one worker,
+    and says so before any VAD or engine is made."""
+    from types import SimpleNamespace
+
+    from edge_asr.runtime import bundle as bundle_module
+    from edge_asr.runtime.serving.scheduler import build_scheduler
+
+    tvm_bundle = SimpleNamespace(target=SimpleNamespace(backend="tvm"))
+    monkeypatch.setattr(bundle_module, "load_bundle", lambda path: tvm_bundle)
+    with pytest.raises(EdgeAsrError, match="serve this tvm bundle with --workers 1"):
+        build_scheduler("some/bundle", None, SchedulerOptions(workers=2), None)
+
+
+def test_stats_carry_the_engine_tally_when_the_engine_is_timed():
+    from edge_asr.runtime.engines.timed import TimedEngine
+
+    class Engine:
+        dims = None
+
+        def encode(self, mel):
+            return "audio"
+
+    timed = TimedEngine(Engine())
+    timed.encode(np.zeros((1, 80, 3000), np.float32))
+    scheduler = StreamScheduler(lambda vad: None, [FakeVad()], SchedulerOptions(max_streams=1), timed)
+    assert scheduler.stats().engine["encode"].calls == 1 and scheduler.stats().engine["step"].rows == 0
+    assert make_scheduler()[0].stats().engine == {}  # not timed: no tally

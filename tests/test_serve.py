@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from edge_asr.runtime.cli import build_parser  # noqa: E402
+from edge_asr.runtime.engines.timed import OpTally  # noqa: E402
 from edge_asr.runtime.serving.scheduler import CapacityError, SchedulerStats  # noqa: E402
 from edge_asr.runtime.serving.serve_command import ServeOptions, serve_options  # noqa: E402
 from edge_asr.runtime.serving.server import StreamServer  # noqa: E402
@@ -103,8 +104,10 @@ class FakeScheduler:
         self._worker.join()
 
     def stats(self) -> SchedulerStats:
-        # The fake engine spends a quarter of a second per second of audio.
-        return SchedulerStats(len(self.handles), 0.0, self.audio_seconds / 4, self.audio_seconds, 0, 0)
+        # The fake engine spends a quarter of a second per second of audio, a third of it in 4-row steps.
+        engine = {"encode": OpTally(1, 1, self.audio_seconds / 8), "prompt": OpTally(1, 1, self.audio_seconds / 24),
+                  "step": OpTally(5, 20, self.audio_seconds / 12)}
+        return SchedulerStats(len(self.handles), 0.0, self.audio_seconds / 4, self.audio_seconds, 0, 0, engine)
 
     def _run(self) -> None:
         while (call := self._calls.get()) is not None:
@@ -347,7 +350,9 @@ def test_metrics_and_healthz():
             assert status == 200
             for name in ("edge_asr_final_latency_seconds_count 1.0", "edge_asr_active_streams 0.0",
                          "edge_asr_queue_depth_seconds 0.0", "edge_asr_real_time_factor 0.25",
-                         'edge_asr_request_errors_total{kind="capacity"} 0.0'):
+                         'edge_asr_request_errors_total{kind="capacity"} 0.0',
+                         'edge_asr_engine_calls_total{op="step"} 5.0', 'edge_asr_engine_rows_total{op="step"} 20.0',
+                         'edge_asr_engine_seconds_total{op="encode"} 0.125'):
                 assert name in text
             assert "edge_asr_gpu_memory_bytes" not in text  # not on CUDA
             other = await asyncio.to_thread(http_get, http_url(server, "/other"), {"Authorization": f"Bearer {TOKEN}"})

@@ -17,7 +17,7 @@ from conftest import run_cli
 from test_sources import FakeInputStream, mic
 from edge_asr.benchmarks.clips import JFK, JFK_TEXT, developer_clips
 from edge_asr.benchmarks.stream_wer import stream_text
-from edge_asr.benchmarks.timed_engine import TimedEngine
+from edge_asr.runtime.engines.timed import TimedEngine
 from edge_asr.benchmarks.wer import corpus_wer, normalise
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError, ModelSourceError
@@ -110,7 +110,7 @@ def test_silence_and_noise_give_no_events_and_never_run_the_encoder(transcriber,
     engine = TimedEngine(transcriber.engine)
     pushed, flushed = stream_events(new_recognizer(engine), audio)
     assert pushed == [] and flushed == []
-    assert engine.encoder_calls == 0
+    assert engine.tally()["encode"].calls == 0
 
 
 # --- speech -----------------------------------------------------------------------------------------------

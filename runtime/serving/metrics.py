@@ -2,7 +2,9 @@
 in one process, as in the tests, count apart).
 
 Latency and errors are counted as they happen; the scheduler's figures (streams, queue, real-time
-factor) and the GPU memory are read when Prometheus scrapes, so they cost nothing in between.
+factor), the engine's calls by kind (encode, prompt, step: seconds, calls, rows) and the GPU memory
+are read when Prometheus scrapes, so they cost nothing in between. Rows over calls of `step` is the
+batch a decoder step carried; the seconds by kind say where the engine's time goes.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.serving.scheduler import SchedulerStats
@@ -61,9 +63,24 @@ class SchedulerCollector:
         if audio > 0:
             rtf.add_metric([], (stats.busy_seconds - last.busy_seconds) / audio)
         yield rtf
+        yield from _engine_counters(stats)
         used = self.gpu_memory_mb()
         if used is not None:
             yield GaugeMetricFamily("edge_asr_gpu_memory_bytes", "GPU memory this process holds.", value=used * 2**20)
+
+
+ENGINE_COUNTERS = (("seconds", "Engine time, by kind of call."), ("calls", "Engine calls, by kind."),
+                   ("rows", "Rows the engine computed (windows, prompts, tokens), by kind of call."))
+
+
+def _engine_counters(stats: SchedulerStats) -> Iterator[CounterMetricFamily]:
+    if not stats.engine:
+        return
+    for name, documentation in ENGINE_COUNTERS:
+        family = CounterMetricFamily(f"edge_asr_engine_{name}", documentation, labels=["op"])
+        for op, tally in stats.engine.items():
+            family.add_metric([op], getattr(tally, name))
+        yield family
 
 
 # A final's speech ends at most this far behind the audio received: an utterance is at most 30 s long,

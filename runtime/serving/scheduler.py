@@ -17,12 +17,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.engines.timed import OpTally, TimedEngine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.recognizer import StreamRecognizer
@@ -60,6 +62,7 @@ class SchedulerStats:
     audio_seconds: float  # cumulative audio they took: RTF is d(busy) / d(audio)
     finals: int
     errors: int
+    engine: dict[str, OpTally] = field(default_factory=dict)  # the engine's calls by kind, when it is timed
 
 
 class StreamHandle:
@@ -93,8 +96,9 @@ class StreamScheduler:
     """make_recognizer(vad) gives a stream its recognizer; vads holds one VAD per stream that may be open."""
 
     def __init__(self, make_recognizer: Callable[[object], StreamRecognizer], vads: list,
-                 options: SchedulerOptions | None = None):
+                 options: SchedulerOptions | None = None, engine: TimedEngine | None = None):
         self.options = (options or SchedulerOptions()).validate()
+        self._engine = engine  # counted calls for the stats, if the recognizers' engine is timed
         if len(vads) < self.options.max_streams:
             raise EdgeAsrError(f"{self.options.max_streams} streams need as many VADs, not {len(vads)}.")
         self._recognizer = make_recognizer
@@ -146,7 +150,10 @@ class StreamScheduler:
     def stats(self) -> SchedulerStats:
         with self._lock:
             queued = sum(h.queued for h in self._streams.values()) / SAMPLE_RATE
-            return SchedulerStats(len(self._streams), queued, self._busy, self._audio, self._finals, self._errors)
+            stats = SchedulerStats(len(self._streams), queued, self._busy, self._audio, self._finals, self._errors)
+        if self._engine is not None:
+            stats.engine = self._engine.tally()
+        return stats
 
     def _enqueue(self, handle: StreamHandle, samples: np.ndarray) -> bool:
         with self._work:
@@ -264,13 +271,19 @@ def _deliver(callback, *args) -> None:
 
 def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> StreamScheduler:
     """The scheduler `edge-asr serve` runs, from its validated options and the model options of `args`."""
+    from edge_asr.runtime.bundle import load_bundle
     from edge_asr.runtime.serving.step_batcher import StepBatcher
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
+    bundle = load_bundle(Path(bundle))
+    if options.workers > 1 and bundle.target.backend != "onnxruntime":
+        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams in host memory, which "
+                           f"only onnxruntime bundles allow; serve this {bundle.target.backend} bundle with --workers 1.")
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
-    engine = StepBatcher(transcriber.engine) if options.workers > 1 else transcriber.engine
+    timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
+    engine = StepBatcher(timed) if options.workers > 1 else timed
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
     return StreamScheduler(partial(StreamRecognizer, engine, transcriber.tokenizer,
-                                   transcribe_options=decoding, options=streaming), vads, options)
+                                   transcribe_options=decoding, options=streaming), vads, options, timed)

@@ -99,7 +99,7 @@ class StepBatcher:
         self._gone: list[tuple[_Pool, int, _Member]] = []  # left since the last look, see _leave
         self._lock = threading.RLock()  # re-entrant: a finalizer may run inside a locked section
         self._changed = threading.Condition(self._lock)
-        self._encoding = threading.Lock()
+        self._engine = threading.Lock()  # one engine call at a time: concurrent calls only contend for the cores
         self._closed = False
         # engine calls, the rows they computed, and of those the rows whose thread asked for the step
         self.steps = self.rows_stepped = self.rows_asked = 0
@@ -107,7 +107,7 @@ class StepBatcher:
         self._thread.start()
 
     def encode(self, mel):
-        with self._encoding:  # one at a time: concurrent encoder runs only contend for the same cores
+        with self._engine:
             return self.engine.encode(mel)
 
     def new_cache(self, batch: int):
@@ -117,7 +117,8 @@ class StepBatcher:
         offsets = np.asarray(offsets, np.int64)
         # A prompt pass, or a first pass on an empty cache (language detection): alone, straight through.
         if tokens.shape[1] != 1 or np.asarray(select).shape[1] != 1 or not offsets.any():
-            return self.engine.decode(tokens, offsets, cache, audio, select)
+            with self._engine:
+                return self.engine.decode(tokens, offsets, cache, audio, select)
         request = _Request(np.asarray(tokens[:, 0], np.int64), offsets)
         with self._changed:
             pool, member = self._member(cache, audio, offsets)
@@ -207,7 +208,8 @@ class StepBatcher:
             n, logits, error = len(tokens), None, None
             try:
                 cache, audio = pool.view(first, first + n)
-                logits = self.engine.decode(tokens[:, None], offsets, cache, audio, np.zeros((n, 1), np.int64))
+                with self._engine:
+                    logits = self.engine.decode(tokens[:, None], offsets, cache, audio, np.zeros((n, 1), np.int64))
             except Exception as err:  # every waiting thread gets the error, as if it had called alone
                 error = err
             finally:
