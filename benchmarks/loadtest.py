@@ -44,7 +44,7 @@ from edge_asr.benchmarks.engine_split import engine_split, scrape_engine
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
 from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
-from edge_asr.benchmarks.report import LATENCY_COLUMNS, Column, _num, _table, latency_figures, write_json
+from edge_asr.benchmarks.report import LATENCY_COLUMNS, MISSING, Column, _num, _table, latency_figures, write_json
 from edge_asr.benchmarks.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.engines.timed import ENGINE_OPS
@@ -440,7 +440,7 @@ TRIAL_COLUMNS: list[Column] = [
 
 
 def _engine(trial: dict, show: Callable[[dict], str]) -> str:
-    return show(trial["engine"]) if trial.get("engine") else "-"
+    return show(trial["engine"]) if trial.get("engine") else MISSING
 
 STREAM_COLUMNS: list[Column] = [
     ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),

@@ -278,8 +278,8 @@ def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> Strea
 
     bundle = load_bundle(Path(bundle))
     if options.workers > 1 and bundle.target.backend != "onnxruntime":
-        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams in host memory, which "
-                           f"only onnxruntime bundles allow; serve this {bundle.target.backend} bundle with --workers 1.")
+        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams in host memory, which only "
+                           f"onnxruntime bundles allow; serve this {bundle.target.backend} bundle with --workers 1.")
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
