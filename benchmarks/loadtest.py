@@ -421,6 +421,11 @@ def _ms(seconds: float | None) -> str:
     return _num(seconds, ".0f", 1000.0)
 
 
+def _engine(trial: dict, show: Callable[[dict], str]) -> str:
+    """A figure of the trial's engine split, or MISSING for a server that does not publish it."""
+    return show(trial["engine"]) if trial.get("engine") else MISSING
+
+
 TRIAL_COLUMNS: list[Column] = [
     ("streams", lambda t: str(t["streams"])), ("kept up", lambda t: f"{t['kept_up']}/{t['streams']}"),
     ("client behind", lambda t: str(t["client_behind"])), ("finals", lambda t: str(t["finals"])),
@@ -438,9 +443,6 @@ TRIAL_COLUMNS: list[Column] = [
     ("passes", lambda t: "yes" if t["passes"] else "no"),
 ]
 
-
-def _engine(trial: dict, show: Callable[[dict], str]) -> str:
-    return show(trial["engine"]) if trial.get("engine") else MISSING
 
 STREAM_COLUMNS: list[Column] = [
     ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),

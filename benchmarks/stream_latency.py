@@ -46,14 +46,13 @@ def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions
                 references: list[str]) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
     run = play([recognizer], [audio])
-    encoder_calls = engine.tally()["encode"].calls
     latency = latency_figures([f.latency_s for f in run.finals], run.kept_up)
     if latency is None:
         raise EdgeAsrError(f"the {options.encoder_context} run gave no final text: no latency to report.")
     return {
         "encoder_context": options.encoder_context,
         "wer": corpus_wer([(" ".join(references), " ".join(f.text for f in run.finals))]),
-        "partials": run.partials, "encoder_calls": encoder_calls, "encoder_seconds": engine.encoder_seconds,
+        "partials": run.partials, "encoder_calls": engine.encoder_calls, "encoder_seconds": engine.encoder_seconds,
         **latency,
         "finals": [asdict(f) | {"latency_s": f.latency_s} for f in run.finals],
     }
@@ -63,8 +62,7 @@ def idle_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions, s
              rng: np.random.Generator) -> dict:
     recognizer, engine = counted_recognizer(transcriber, vad, options)
     run = play([recognizer], [faint_noise(seconds, rng)])
-    encoder_calls = engine.tally()["encode"].calls
-    return {"seconds": run.wall_s, "cpu_percent": 100 * run.cpu_s / run.wall_s, "encoder_calls": encoder_calls,
+    return {"seconds": run.wall_s, "cpu_percent": 100 * run.cpu_s / run.wall_s, "encoder_calls": engine.encoder_calls,
             "finals": len(run.finals), "partials": run.partials}
 
 

@@ -56,7 +56,7 @@ def stream_clips(transcriber: Transcriber, clips: list[Clip], options: StreamOpt
         vad.reset()
         recognizer = StreamRecognizer(engine, transcriber.tokenizer, vad, transcriber.options(), options)
         texts.append(stream_text(recognizer, load_audio(clip.path)))
-    return StreamRun(texts, engine.tally()["encode"].calls, engine.encoder_frames, engine.encoder_seconds,
+    return StreamRun(texts, engine.encoder_calls, engine.encoder_frames, engine.encoder_seconds,
                      time.perf_counter() - started)
 
 

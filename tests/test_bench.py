@@ -84,7 +84,7 @@ def test_timed_engine_counts_and_times_calls_by_kind():
     assert engine.new_cache(2) == "cache2"  # everything else passes through
     tally = engine.tally()
     assert [(tally[op].calls, tally[op].rows) for op in ("encode", "prompt", "step")] == [(1, 2), (1, 2), (3, 6)]
-    assert engine.encoder_frames == 200
+    assert (engine.encoder_calls, engine.encoder_frames) == (1, 200)
     assert 0.02 <= engine.encoder_seconds < 0.2 and 0.04 <= engine.decoder_seconds < 0.4
     assert 0.03 <= tally["step"].seconds < tally["step"].seconds + tally["prompt"].seconds == engine.decoder_seconds
     engine.reset()

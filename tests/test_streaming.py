@@ -110,7 +110,7 @@ def test_silence_and_noise_give_no_events_and_never_run_the_encoder(transcriber,
     engine = TimedEngine(transcriber.engine)
     pushed, flushed = stream_events(new_recognizer(engine), audio)
     assert pushed == [] and flushed == []
-    assert engine.tally()["encode"].calls == 0
+    assert engine.encoder_calls == 0
 
 
 # --- speech -----------------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class TimedEngine:
             return {op: replace(t) for op, t in self._tally.items()}
 
     @property
+    def encoder_calls(self) -> int:
+        return self._tally["encode"].calls
+
+    @property
     def encoder_frames(self) -> int:
         """Mel frames encoded, all rows."""
         return self._encoder_frames
