@@ -23,7 +23,8 @@ SPECIAL_TOKENS = ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev",
 
 
 # What each backend builds; the first precision is the target's default.
-BACKEND_PRECISIONS = {"onnxruntime": ("int8", "fp16", "fp32"), "tvm": ("fp32",), "tensorrt": ("fp16",)}
+BACKEND_PRECISIONS = {"onnxruntime": ("int8", "fp16", "fp32"), "tvm": ("fp32",), "tensorrt": ("fp16",),
+                      "torch": ("fp16", "fp32")}
 
 
 def default_precision(target: str) -> str:
@@ -73,11 +74,14 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         work = Path(tmp)
-        log("exporting the encoder and the decoder to ONNX")
-        graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
-                  "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
-        files, extra = _build_engines(graphs, work, target, precision, checkpoint,
-                                      database_dir or out.parent / f"{out.name}.tuning", tuning, log)
+        if backend == "torch":
+            files, extra = {"weights": _torch_weights(torch_model, work / "model.pt", precision, log)}, {}
+        else:
+            log("exporting the encoder and the decoder to ONNX")
+            graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
+                      "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
+            files, extra = _build_engines(graphs, work, target, precision, checkpoint,
+                                          database_dir or out.parent / f"{out.name}.tuning", tuning, log)
         shutil.copyfile(checkpoint.tokenizer_json, work / "tokenizer.json")
         files["tokenizer"] = work / "tokenizer.json"
         manifest = _manifest(checkpoint, target, precision, files)
@@ -128,6 +132,16 @@ def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: 
 
         return build_tensorrt(graphs["encoder"], graphs["decoder"], work, target, checkpoint.dims, log)
     return {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}, {}
+
+
+def _torch_weights(model, path: Path, precision: str, log) -> Path:
+    """The reference model's state dict for the PyTorch engine, in the bundle's precision."""
+    import torch
+
+    log(f"writing the PyTorch weights in {precision}")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    torch.save({name: tensor.to(dtype) for name, tensor in model.state_dict().items()}, path)
+    return path
 
 
 def _finish_graph(fp32: Path, final: Path, precision: str, log) -> Path:

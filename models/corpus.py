@@ -1,5 +1,10 @@
 """An offline speech corpus for distillation and fine-tuning: synthetic voices reading sentences, with
-augmentation, plus a folder of the user's own audio; 16 kHz mono PCM16 WAVs and a JSONL manifest.
+augmentation, non-speech sounds, plus a folder of the user's own audio; 16 kHz mono PCM16 WAVs and a
+JSONL manifest.
+
+A corpus is built for one split (models/sentences.py, models/voices.py): "train" reads the training
+sentences with the training voices; "tune" reads other sentences with the same voices, for choosing a
+recipe; "heldout" reads a third set of sentences with voices never trained on, for judging it.
 
 `DIR/manifest.jsonl` holds one CorpusEntry a line, appended and flushed as each example is written, so
 an interrupted build loses nothing and a rerun skips every id already there (and every id in
@@ -18,9 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +34,16 @@ import soundfile as sf
 
 from edge_asr.benchmarks.clips import Clip, folder_clips
 from edge_asr.models.augment import AugmentOptions, augment
-from edge_asr.models.sentences import sample_sentences
+from edge_asr.models.nonspeech import nonspeech
+from edge_asr.models.real_speech import REAL_SETS, real_clips
+from edge_asr.models.sentences import SPLITS, mixed_texts, sample_sentences
 from edge_asr.models.voices import SOURCES, load_voices
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
 
 MANIFEST = "manifest.jsonl"
 DROPPED = "dropped.jsonl"
-MIN_SECONDS, MAX_SECONDS = 0.5, 30.0
+MIN_SECONDS, MAX_SECONDS = 0.3, 30.0
 
 Labeller = Callable[[np.ndarray], str]  # 16 kHz float32 audio -> the teacher's transcript
 
@@ -46,19 +54,23 @@ class CorpusEntry:
     audio: str  # relative to the corpus folder
     text: str  # the label to train on
     reference: str | None  # the sentence read or the folder's transcript
-    source: str  # piper | espeak-ng | festival | folder
-    voice: str | None
+    source: str  # piper | espeak-ng | festival | flite | nonspeech | folder
+    voice: str | None  # the voice, or the kind of non-speech
     speed: float  # tempo relative to the voice's default, speed perturbation included
     pitch: float | None  # the voice's own pitch setting (see models/voices.py)
     snr_db: float | None  # None: clean
     duration_s: float
     label_kind: str  # reference | pseudo
     pseudo_wer: float | None  # percent, when a pseudo-label was checked against a reference
+    effects: str | None = None  # augmentation beyond speed and level, comma-separated (models/augment.py)
 
 
 @dataclass(frozen=True)
 class CorpusOptions:
     sentences: int = 1000
+    nonspeech: int = 0  # examples of non-speech sound (models/nonspeech.py)
+    real: tuple[str, ...] = ()  # sets of real recorded speech (models/real_speech.py), their clips of the split
+    split: str = "train"  # train | tune | heldout: which sentences and voices
     voices: tuple[str, ...] | None = None  # None: every installed voice
     sentence_file: Path | None = None
     folder: Path | None = None
@@ -69,10 +81,16 @@ class CorpusOptions:
     augment: AugmentOptions = field(default_factory=AugmentOptions)
 
     def validate(self) -> None:
-        if self.sentences < 0:
-            raise EdgeAsrError(f"sentences must be at least 0, not {self.sentences}.")
-        if self.sentences == 0 and self.folder is None:
-            raise EdgeAsrError("nothing to build: ask for some sentences or give a folder of audio.")
+        if self.sentences < 0 or self.nonspeech < 0:
+            raise EdgeAsrError(f"sentences and nonspeech must be at least 0, not {self.sentences} and {self.nonspeech}.")
+        if self.sentences == 0 and self.nonspeech == 0 and not self.real and self.folder is None:
+            raise EdgeAsrError("nothing to build: ask for some sentences, non-speech or real speech, or give a "
+                               "folder of audio.")
+        unknown_real = sorted(set(self.real) - set(REAL_SETS))
+        if unknown_real:
+            raise EdgeAsrError(f"unknown set of real speech {', '.join(unknown_real)}: choose from {', '.join(REAL_SETS)}.")
+        if self.split not in SPLITS:
+            raise EdgeAsrError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}.")
         unknown = sorted(set(self.voices or ()) - set(SOURCES))
         if unknown:
             raise EdgeAsrError(f"unknown voice {', '.join(unknown)}: choose from {', '.join(SOURCES)}.")
@@ -96,6 +114,7 @@ class Recording:
     speed: float = 1.0
     pitch: float | None = None
     snr_db: float | None = None
+    effects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,10 @@ def build_corpus(out: Path, options: CorpusOptions, labeller: Labeller | None = 
     if options.needs_teacher() and labeller is None:
         raise EdgeAsrError("pseudo-labels (a folder of audio, or pseudo_label) need a teacher to label with.")
     jobs = _folder_jobs(options) if options.folder else []
+    for name in options.real:
+        jobs = _real_jobs(options, name) + jobs
+    if options.nonspeech:
+        jobs = _nonspeech_jobs(options) + jobs
     if options.sentences:
         jobs = _synthetic_jobs(options, log) + jobs
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -170,11 +193,12 @@ def read_manifest(folder: Path) -> list[CorpusEntry]:
     if not path.is_file():
         raise EdgeAsrError(f"{folder} holds no {MANIFEST}: build a corpus there with `edge-asr corpus --out {folder}`.")
     names = {f.name for f in fields(CorpusEntry)}
+    required = {f.name for f in fields(CorpusEntry) if f.default is MISSING}
     entries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or set(record) != names:
+            if not isinstance(record, dict) or not required <= set(record) <= names:
                 raise ValueError(f"expected the keys {', '.join(sorted(names))}")
         except ValueError as err:
             raise EdgeAsrError(f"{path}, line {number}, is not a corpus entry ({err}).") from None
@@ -187,8 +211,11 @@ def read_manifest(folder: Path) -> list[CorpusEntry]:
 
 def _synthetic_jobs(options: CorpusOptions, log) -> list[Job]:
     """Sentence i is read by voice i mod len(voices), drawing from a generator seeded by (seed, i)."""
-    voices = load_voices(options.voices, options.seed, log)
-    sentences = sample_sentences(options.sentences, options.seed, options.sentence_file)
+    voices = load_voices(options.voices, options.seed, log, "heldout" if options.split == "heldout" else "train")
+    if options.sentence_file:  # the user's own sentences, all of them whatever the split
+        sentences = sample_sentences(options.sentences, options.seed, options.sentence_file)
+    else:
+        sentences = mixed_texts(options.sentences, options.seed, options.split)
     if len(sentences) < options.sentences:
         log(f"corpus: only {len(sentences)} sentences to read, not {options.sentences}")
 
@@ -200,11 +227,45 @@ def _synthetic_jobs(options: CorpusOptions, log) -> list[Job]:
             reading = voice.read(sentence, rng)
             augmented = augment(reading.audio, rng, options.augment)
             return Recording(augmented.audio, voice.source, reading.voice, reading.speed * augmented.speed,
-                             reading.pitch, augmented.snr_db)
+                             reading.pitch, augmented.snr_db, augmented.effects)
 
-        return Job(f"{voice.source}-s{options.seed}-{index:06d}", sentence, options.pseudo_label, record)
+        return Job(_job_id(voice.source, options, index), sentence, options.pseudo_label, record)
 
     return [job(index, sentence) for index, sentence in enumerate(sentences)]
+
+
+def _nonspeech_jobs(options: CorpusOptions) -> list[Job]:
+    """Non-speech example i draws its kind, length and level from a generator seeded by (seed, split, i)."""
+
+    def job(index: int) -> Job:
+        def record() -> Recording:
+            audio, kind = nonspeech(np.random.default_rng([options.seed, SPLITS.index(options.split), index, 1]))
+            return Recording(audio, "nonspeech", kind)
+
+        return Job(_job_id("nonspeech", options, index), "", False, record)
+
+    return [job(index) for index in range(options.nonspeech)]
+
+
+def _real_jobs(options: CorpusOptions, name: str) -> list[Job]:
+    """The set's clips of the split, augmented as the synthetic speech is, each from a generator seeded by
+    (seed, its name)."""
+
+    def job(clip: Clip) -> Job:
+        def record() -> Recording:
+            rng = np.random.default_rng([options.seed, zlib.crc32(clip.name.encode())])
+            augmented = augment(load_audio(clip.path), rng, options.augment)
+            return Recording(augmented.audio, name, None, augmented.speed, None, augmented.snr_db, augmented.effects)
+
+        return Job(f"{name}-{options.split}-s{options.seed}-{clip.name.replace('/', '_')}", clip.reference,
+                   options.pseudo_label and bool(clip.reference), record)
+
+    return [job(clip) for clip in real_clips(name, options.split)]
+
+
+def _job_id(source: str, options: CorpusOptions, index: int) -> str:
+    split = "" if options.split == "train" else f"{options.split}-"
+    return f"{source}-{split}s{options.seed}-{index:06d}"
 
 
 def _folder_jobs(options: CorpusOptions) -> list[Job]:
@@ -240,7 +301,7 @@ def _make_example(out: Path, job: Job, labeller: Labeller | None, max_wer: float
     return CorpusEntry(job.id, audio, text, job.reference, recording.source, recording.voice,
                        round(recording.speed, 3), recording.pitch,
                        None if recording.snr_db is None else round(recording.snr_db, 1), round(duration, 3),
-                       kind, None if wer is None else round(wer, 2))
+                       kind, None if wer is None else round(wer, 2), ",".join(recording.effects) or None)
 
 
 def pseudo_label_wer(reference: str, pseudo_label: str) -> float:

@@ -9,11 +9,16 @@ from pathlib import Path
 
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION
 
+SPLITS = ("train", "tune", "heldout")  # models/sentences.py's, named here so that parsing imports no numpy
+
 DESCRIPTION = (
     "Build an offline speech corpus for distillation and fine-tuning: synthetic voices (Piper, eSpeak NG, "
-    "Festival) read sentences from WordNet and fortunes (or --sentence-file), with speed perturbation, noise "
-    "and level augmentation, plus --folder audio of your own, labelled by a teacher. Writes 16 kHz mono "
-    "PCM16 WAVs and DIR/manifest.jsonl; a rerun skips the examples already written.")
+    "Festival, Flite) read sentences from WordNet and fortunes mixed with generated everyday sentences (numbers, "
+    "dates, names) and short commands (or --sentence-file), augmented toward real rooms and devices (speed, "
+    "reverberation, telephone and cheap-microphone bands, a lossy codec, background sound at 0-30 dB SNR, level); "
+    "--nonspeech adds sounds that are not speech; --folder adds audio of your own, labelled by a teacher. "
+    "--split tune|heldout builds an evaluation set from sentences (and, for heldout, voices) that training never "
+    "reads. Writes 16 kHz mono PCM16 WAVs and DIR/manifest.jsonl; a rerun skips the examples already written.")
 
 
 def add_corpus_parser(commands) -> None:
@@ -22,8 +27,18 @@ def add_corpus_parser(commands) -> None:
     co.add_argument("--out", type=Path, required=True, metavar="DIR", help="the corpus folder (made or resumed)")
     co.add_argument("--sentences", type=_at_least_zero(int), default=1000, metavar="N",
                     help="synthetic examples: sentences read, one voice each (default: %(default)s)")
+    co.add_argument("--nonspeech", type=_at_least_zero(int), default=0, metavar="N",
+                    help="examples of non-speech: noise, tones, beeps, chimes, clicks, hum, chords, breathing, "
+                    "near silence (default: %(default)s)")
+    co.add_argument("--real", type=_names, default=(), metavar="LIST",
+                    help="sets of real recorded speech, their clips of the --split: asterisk (the Asterisk PBX prompts, "
+                    "apt-get install asterisk-core-sounds-en-wav) (default: none)")
+    co.add_argument("--split", choices=SPLITS, default="train",
+                    help="train: the training sentences and voices; tune: other sentences, same voices (to choose a "
+                    "recipe on); heldout: a third set of sentences read by voices never trained on (to judge it) "
+                    "(default: %(default)s)")
     co.add_argument("--voices", type=_names, metavar="LIST",
-                    help="comma-separated, from piper, espeak-ng, festival (default: every installed one)")
+                    help="comma-separated, from piper, espeak-ng, festival, flite (default: every installed one)")
     co.add_argument("--sentence-file", type=Path, metavar="F", help="your sentences, one a line, instead of "
                     "WordNet's usage examples and fortunes")
     co.add_argument("--folder", type=Path, metavar="DIR", help="your own audio (any format, any rate), "
@@ -39,17 +54,17 @@ def add_corpus_parser(commands) -> None:
     co.add_argument("--max-wer", type=_at_least_zero(float), default=10.0, metavar="PERCENT",
                     help="the largest WER of a pseudo-label against its reference (default: %(default)s)")
     co.add_argument("--seed", type=int, default=0, help="sentences, voices and augmentation (default: %(default)s)")
-    co.add_argument("--noise-probability", type=float, default=0.7, metavar="P",
-                    help="share of synthetic examples with white or pink noise at 10-30 dB SNR (default: %(default)s)")
+    co.add_argument("--noise-probability", type=float, metavar="P",
+                    help="share of synthetic examples with background sound at 0-30 dB SNR (default: 0.6)")
 
 
 def run(args) -> int:
     from edge_asr.models.augment import AugmentOptions
     from edge_asr.models.corpus import DROPPED, CorpusOptions, build_corpus
 
-    options = CorpusOptions(args.sentences, args.voices, args.sentence_file, args.folder, args.references,
-                            args.pseudo_label, args.max_wer, args.seed,
-                            AugmentOptions(noise_probability=args.noise_probability))
+    augment = AugmentOptions() if args.noise_probability is None else AugmentOptions(noise_probability=args.noise_probability)
+    options = CorpusOptions(args.sentences, args.nonspeech, args.real, args.split, args.voices, args.sentence_file,
+                            args.folder, args.references, args.pseudo_label, args.max_wer, args.seed, augment)
     options.validate()
     labeller = teacher(args.teacher) if options.needs_teacher() else None
     progress = ProgressLine()

@@ -11,15 +11,19 @@ from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 STUDENT_FILE = "student.pt"
+# The recipe `edge-asr distill` runs by default, chosen on a tune corpus (README, "Distil and fine-tune").
+DISTILL_RECIPE = {"alpha": 0.0, "temperature": 1.0, "learning_rate": 1e-5, "steps": 1500, "encoder_weight": 1.0}
 ADAPTER_DIR = "adapter"  # beside the run's state, so the directory to ship holds the adapter alone
 REPORT_FILE = "report.json"
 
 DISTILL = (
     "Distil a length-adaptive student from a teacher: the student reads each utterance's audio plus a margin "
-    "instead of 30 s of padding, so its encoder's cost follows the audio. Loss: alpha * cross-entropy on the "
-    "corpus labels + (1 - alpha) * T^2 * KL(teacher || student), the teacher reading its usual 30 s window "
-    "(its top-k logits are cached once per corpus). Writes OUT/student.pt, which `edge-asr compile --model` "
-    "reads, and OUT/report.json; rerunning with the same OUT resumes.")
+    "instead of 30 s of padding, so its encoder's cost follows the audio. Its labels are the teacher's own: the "
+    "teacher decodes every example as the runtime would (30 s window, timestamps for most), and the student learns "
+    "(1 - alpha) * T^2 * KL(teacher || student) over the teacher's top-k logits at every position, alpha * "
+    "cross-entropy on the teacher's tokens, and --encoder-weight times the distance to the teacher's encoder output "
+    "on the audio's frames. Teacher labels are cached once per corpus. Writes OUT/student.pt, which `edge-asr "
+    "compile --model` reads, and OUT/report.json; rerunning with the same OUT resumes.")
 FINETUNE = (
     "Fine-tune a model with LoRA on the attention projections and save the adapter alone (about 1 MB) in "
     "OUT/adapter, which `edge-asr compile --model BASE --adapter OUT/adapter` merges into the base weights. "
@@ -40,7 +44,9 @@ def add_train_parsers(commands) -> None:
                     help="keep this stack as the teacher's and train the rest (default: decoder when the student "
                     "keeps the teacher's whole decoder: the encoder learns to end where the audio ends and the "
                     "teacher's decoder, language model and all, stays as it is; none for a cut decoder)")
-    _add_common(di, alpha=0.5, learning_rate=2e-5, steps=400)
+    di.add_argument("--encoder-weight", type=float, default=DISTILL_RECIPE["encoder_weight"], metavar="BETA",
+                    help="weight of matching the teacher's encoder output on the audio's frames (default: %(default)s)")
+    _add_common(di, **{name: DISTILL_RECIPE[name] for name in ("alpha", "learning_rate", "steps", "temperature")})
 
     ft = commands.add_parser("finetune", help="LoRA fine-tuning saved as a small adapter", description=FINETUNE)
     ft.add_argument("--base", default="tiny.en", help="zoo name or checkpoint path (default: %(default)s)")
@@ -51,10 +57,11 @@ def add_train_parsers(commands) -> None:
                     help="train a length-adaptive adapter, as distill trains a student: the model reads the "
                     "longest audio of a batch plus S seconds, and the adapter records that window policy "
                     "(default: Whisper's 30 s windows)")
-    _add_common(ft, alpha=1.0, learning_rate=1e-3, steps=1000)
+    _add_common(ft, alpha=1.0, learning_rate=1e-3, steps=1000, temperature=2.0)
 
 
-def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float, steps: int) -> None:
+def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: float, steps: int,
+                temperature: float) -> None:
     parser.add_argument("--corpus", type=Path, nargs="+", required=True, metavar="DIR",
                         help="one or more corpora made by `edge-asr corpus`, trained on together (e.g. a domain's "
                         "phrases and general sentences, so that a fine-tune keeps the rest of the language)")
@@ -65,19 +72,24 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
     parser.add_argument("--lr", type=float, default=learning_rate, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=alpha,
                         help="weight of the labels' cross-entropy; the teacher gets 1 - alpha (default: %(default)s)")
-    parser.add_argument("--temperature", type=_temperature, default=(2.0, None, 0), metavar="T[:END:STEPS]",
-                        help="KD temperature, optionally moving to END over STEPS steps (default: 2)")
+    parser.add_argument("--temperature", type=_temperature, default=(temperature, None, 0), metavar="T[:END:STEPS]",
+                        help=f"KD temperature, optionally moving to END over STEPS steps (default: {temperature:g})")
     parser.add_argument("--join", type=positive_int, default=3, metavar="N",
                         help="also train on every N corpus utterances read as one, with pauses, so short "
                         "sentences teach long windows too; 1: never (default: %(default)s)")
     parser.add_argument("--top-k", type=positive_int, default=32, help="teacher logits cached per position (default: %(default)s)")
-    parser.add_argument("--eval-every", type=int, default=100, metavar="N",
-                        help="WER on the held-out clips every N steps, 0: at the end only (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=250, metavar="N",
+                        help="evaluate every N steps, 0: at the end only (default: %(default)s)")
+    parser.add_argument("--eval-corpus", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="corpora to evaluate on, e.g. one built with `edge-asr corpus --split tune`: WER on their "
+                        "speech, words written on their non-speech, loops, through the runtime's own decoding. Choose "
+                        "a recipe on these; judge it on clips no choice was made on (benchmarks/heldout.py)")
     parser.add_argument("--eval-folder", type=Path, metavar="DIR",
-                        help="held-out audio with DIR/references.tsv or a pocketsphinx transcription file "
-                        "(default: the developer clips)")
+                        help="more audio to evaluate on, with DIR/references.tsv or a pocketsphinx transcription file")
     parser.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
                         help="save the run's state every N steps, for a rerun to resume from (default: %(default)s)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the corpora's example caches (the teacher's labels: the long part on a CPU) and stop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: all cores)")
@@ -92,18 +104,23 @@ def run_distill(args) -> int:
     _threads(args.threads)
     checkpoint = resolve_model(args.teacher)
     teacher = from_checkpoint(checkpoint)
-    examples, evaluator = _data(args, checkpoint, teacher if args.alpha < 1 else None)
+    examples, evaluator = _data(args, checkpoint, teacher, teacher_labels=True)
+    if args.prepare_only:
+        return _prepared(examples)
     student = make_student(teacher, args.decoder_layers, args.encoder_layers)
     frozen = freeze(student, args.freeze, args.decoder_layers)
     if frozen != "none":
         print(f"the student's {frozen} stays the teacher's (--freeze {frozen}); the rest is trained", flush=True)
-    teacher_eval = evaluator.evaluate(teacher, None)
-    print(f"teacher {checkpoint.name} at 30 s padded windows: WER {teacher_eval.wer:.2f} %", flush=True)
-    history = _train(args, student, examples, evaluator, args.margin)
     window = WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
+    evaluations = {}
+    if evaluator is not None:
+        evaluations["teacher_padded"] = evaluator.evaluate(teacher, WindowPolicy())
+        _print_evaluation(f"teacher {checkpoint.name}, 30 s windows", evaluations["teacher_padded"])
+    history = _train(args, student, examples, evaluator, window, args.encoder_weight)
     path = save_openai_checkpoint(student, args.output / STUDENT_FILE, window)
-    final = evaluator.evaluate(student, args.margin)
-    _report(args, history, {"teacher_padded": teacher_eval, "student_audio_length": final}, path)
+    if evaluator is not None:
+        evaluations["student_audio_length"] = evaluator.evaluate(student, window)
+    _report(args, history, evaluations, path)
     return 0
 
 
@@ -116,74 +133,104 @@ def run_finetune(args) -> int:
     _threads(args.threads)
     base = resolve_model(args.base)
     teacher = from_checkpoint(base) if args.alpha < 1 else None
-    examples, evaluator = _data(args, base, teacher)
+    examples, evaluator = _data(args, base, teacher, teacher_labels=False)
+    if args.prepare_only:
+        return _prepared(examples)
     adapter = LoraAdapter(from_checkpoint(base), LoraSettings(rank=args.rank, stacks=args.stacks))
-    before = evaluator.evaluate(adapter.model, None)
-    print(f"{base.name} before fine-tuning, 30 s windows: WER {before.wer:.2f} %", flush=True)
-    history = _train(args, adapter.model, examples, evaluator, args.margin)
-    after = evaluator.evaluate(adapter.model, args.margin)
     window = None if args.margin is None else WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
+    evaluations = {}
+    if evaluator is not None:
+        evaluations["before"] = evaluator.evaluate(adapter.model, WindowPolicy())
+        _print_evaluation(f"{base.name} before fine-tuning, 30 s windows", evaluations["before"])
+    history = _train(args, adapter.model, examples, evaluator, window or WindowPolicy(), 0.0)
+    if evaluator is not None:
+        evaluations["after"] = evaluator.evaluate(adapter.model, window or WindowPolicy())
     path = adapter.save(args.output / ADAPTER_DIR, base, window)
-    _report(args, history, {"before": before, "after": after}, path)
+    _report(args, history, evaluations, path)
     return 0
 
 
-def _data(args, checkpoint, teacher):
-    """The corpus as cached examples (with the teacher's top-k when it has a share), and the held-out clips."""
-    from edge_asr.benchmarks.clips import developer_clips, folder_clips, sphinx_clips
+def _data(args, checkpoint, teacher, teacher_labels: bool):
+    """The corpus as cached examples (labelled by the teacher, or by the corpus text with the teacher's
+    top-k when it has a share), and the evaluation sets (None when none was asked for)."""
+    from edge_asr.benchmarks.clips import Clip, folder_clips, sphinx_clips
     from edge_asr.models.corpus import read_manifest
-    from edge_asr.models.teacher_cache import LabelledAudio, cache_directory, cached_examples, joined
-    from edge_asr.models.window_eval import WindowEvaluator
+    from edge_asr.models.student_eval import StudentEvaluator
+    from edge_asr.models.teacher_cache import (LabelledAudio, TeacherLabelling, cache_directory, cached_examples,
+                                               joined)
     from edge_asr.runtime.tokenizer import WhisperTokenizer
 
     tokenizer = WhisperTokenizer.from_file(checkpoint.tokenizer_json, multilingual=checkpoint.dims.n_vocab >= 51865)
+    suppress = tuple(checkpoint.suppress_tokens) if checkpoint.suppress_tokens is not None else (-1,)
     k = args.top_k if teacher is not None else 0
+    labelling = TeacherLabelling(suppress_tokens=suppress) if teacher_labels else None
     examples = []
     for corpus_dir in args.corpus:  # each corpus joins its own utterances and keeps its own teacher cache
         corpus = read_manifest(corpus_dir)
         entries = [LabelledAudio(e.id, corpus_dir / e.audio, e.text) for e in corpus]
         if args.join > 1:
-            entries += joined(entries, [e.duration_s for e in corpus], args.join, args.seed)
-        directory = cache_directory(corpus_dir, checkpoint.source_sha256, k)
+            entries += joined(entries, [e.duration_s for e in corpus], args.join, seed=0)  # one cache for every --seed
+        directory = cache_directory(corpus_dir, checkpoint.source_sha256, k, teacher_labels)
         examples += cached_examples(entries, directory, tokenizer, teacher, k, checkpoint.dims.n_mels,
-                                    log=lambda line: print(line, flush=True))
-    if args.eval_folder is None:
-        clips = developer_clips()
-    else:  # a pocketsphinx test folder (a transcription file), or audio with references.tsv
-        clips = sphinx_clips(args.eval_folder) or folder_clips(args.eval_folder, None)
-    evaluator = WindowEvaluator(clips, tokenizer, checkpoint.dims.n_mels)
-    if not evaluator.clips:
-        raise EdgeAsrError("The held-out clips have no references to score against.")
+                                    log=lambda line: print(line, flush=True), labelling=labelling)
+    sets = {corpus_dir.name: [Clip(e.id, corpus_dir / e.audio, e.text) for e in read_manifest(corpus_dir)]
+            for corpus_dir in args.eval_corpus}
+    if args.eval_folder is not None:  # a pocketsphinx test folder (a transcription file), or audio with references.tsv
+        sets[args.eval_folder.name] = sphinx_clips(args.eval_folder) or folder_clips(args.eval_folder, None)
+    if not sets:
+        return examples, None
+    evaluator = StudentEvaluator(sets, tokenizer, suppress, checkpoint.dims.n_mels)
+    if not any(evaluator.sets.values()):
+        raise EdgeAsrError("The evaluation clips have no references to score against.")
     return examples, evaluator
 
 
-def _train(args, model, examples, evaluator, margin_s):
+def _train(args, model, examples, evaluator, window, encoder_weight: float):
     from edge_asr.models.distill_loss import TemperatureSchedule
     from edge_asr.models.distill_train import TrainSettings, train
 
     start, end, steps = args.temperature
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, accumulation=args.accumulation, learning_rate=args.lr,
-        alpha=args.alpha, temperature=TemperatureSchedule(start, end, steps), margin_s=margin_s, seed=args.seed,
-        device=args.device, evaluate_every=args.eval_every, warmup_steps=min(50, args.steps // 10),
-        checkpoint_every=args.checkpoint_every,
+        alpha=args.alpha, encoder_weight=encoder_weight, temperature=TemperatureSchedule(start, end, steps),
+        margin_s=None if window.needs_30s_padding else window.margin_s, seed=args.seed, device=args.device,
+        evaluate_every=args.eval_every, warmup_steps=min(50, args.steps // 10), checkpoint_every=args.checkpoint_every,
     )
-    return train(model, examples, settings, args.output, evaluate=lambda m, step: evaluator.evaluate(m, margin_s).figures(),
+
+    def evaluate(model, step):
+        results = evaluator.evaluate(model, window)
+        return {f"{name}_{figure}": value for name, result in results.items() for figure, value in result.figures().items()}
+
+    return train(model, examples, settings, args.output, evaluate=None if evaluator is None else evaluate,
                  log=lambda line: print(line, flush=True))
 
 
+def _prepared(examples) -> int:
+    seconds = sum(e.audio_frames for e in examples) / 100
+    print(f"{len(examples)} examples cached, {seconds / 3600:.2f} h of audio")
+    return 0
+
+
+def _print_evaluation(title: str, results) -> None:
+    parts = [f"{name}: " + (f"WER {r.wer:.2f} %" if r.wer is not None else "") +
+             (f", {r.words_on_nonspeech} words on non-speech" if r.words_on_nonspeech or r.wer is None else "") +
+             f", {r.fallbacks} fallbacks" for name, r in results.items()]
+    print(f"{title}: " + "; ".join(parts), flush=True)
+
+
 def _report(args, history, evaluations: dict, written: Path) -> None:
+    from edge_asr.benchmarks.set_eval import as_dict
+
     report = {
-        "command": vars(args) | {"corpus": [str(c) for c in args.corpus], "output": str(args.output),
-                                 "eval_folder": None if args.eval_folder is None else str(args.eval_folder)},
+        "command": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+        | {"corpus": [str(c) for c in args.corpus], "eval_corpus": [str(c) for c in args.eval_corpus]},
         "written": str(written),
         "history": [asdict(record) for record in history],
-        "evaluations": {name: asdict(result) for name, result in evaluations.items()},
+        "evaluations": {name: as_dict(results) for name, results in evaluations.items()},
     }
     (args.output / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    for name, result in evaluations.items():
-        print(f"{name}: WER {result.wer:.2f} %, {result.loops} loops, encoder {result.encoder_ms:.0f} ms "
-              f"over {len(result.clips)} clips")
+    for name, results in evaluations.items():
+        _print_evaluation(name, results)
     print(f"wrote {written}")
 
 

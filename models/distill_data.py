@@ -1,11 +1,12 @@
 """Examples and batches for distillation: one Mel array serves the teacher and the student.
 
-The teacher reads Whisper's usual input, the audio padded with zeros to 30 s; the student reads the
-audio plus a margin. Both are the stored features of the audio continued with silence frames:
-zeros add nothing to the peak the features are normalised by, and a frame whose STFT window sees
-only zeros always has the same value. So an example stores its audio's frames and one silence
-frame (a tenth of the 30 s array for a 3 s clip), and any longer window repeats that last frame,
-exactly equal to computing the features of the padded audio.
+The teacher reads what the runtime gives stock Whisper: the audio's features, then zeros to 30 s (as
+openai's ``pad_or_trim``). The student reads the audio plus a margin of silence, as the runtime pads a
+length-adaptive model's window: the features of silent audio. Both come from the stored features of
+the audio continued with silence frames: zeros add nothing to the peak the features are normalised
+by, and a frame whose STFT window sees only zeros always has the same value. So an example stores its
+audio's frames and one silence frame, and any longer student window repeats that last frame, exactly
+equal to computing the features of the audio padded with silence.
 """
 from __future__ import annotations
 
@@ -42,9 +43,17 @@ class Example:
     tokens: tuple[int, ...]
     n_prompt: int
     teacher_top: tuple[np.ndarray, np.ndarray] | None = None
+    # The teacher's encoder output on the audio's frames (float16 [ceil(audio_frames / 2), d]), when cached.
+    teacher_encoded: np.ndarray | None = None
 
-    def window(self, frames: int) -> np.ndarray:
-        """The features of the audio padded with zeros, cut to ``frames``: the last (silent) frame repeated."""
+    def window(self, frames: int, pad: float | None = None) -> np.ndarray:
+        """``frames`` of features: the audio, then silence (``pad`` None: the features of silent audio, the
+        stored last frame repeated; else the audio's frames alone, then this value)."""
+        if pad is not None:
+            window = np.full((self.mel.shape[0], frames), pad, dtype=np.float32)
+            content = min(frames, self.audio_frames)
+            window[:, :content] = self.mel[:, :content]
+            return window
         silence = np.repeat(self.mel[:, -1:], max(0, frames - self.mel.shape[1]), axis=1)
         return np.concatenate([self.mel[:, :frames], silence], axis=1)
 
@@ -67,24 +76,28 @@ class DistillBatch:
     each position must predict, IGNORE_INDEX on prompt positions and padding.
     """
 
-    mel: Tensor  # [B, n_mels, N_FRAMES]: the teacher's input, 30 s
-    student_frames: int  # the student reads mel[..., :student_frames]: the longest audio plus the margin
+    student_mel: Tensor  # [B, n_mels, frames]: the longest audio plus the margin, or 30 s for a stock-length model
     tokens: Tensor
     labels: Tensor
     teacher_top: TeacherTopK | None = None  # the examples' cached teacher top-k, when every one has it
-
-    def student_mel(self) -> Tensor:
-        return self.mel[:, :, : self.student_frames]
+    teacher_mel: Tensor | None = None  # [B, n_mels, N_FRAMES]: a live teacher's input, when asked for
+    # The cached teacher encoder output [B, frames, d] (zeros past a row's audio) and each row's frames.
+    teacher_encoded: Tensor | None = None
+    encoded_frames: Tensor | None = None
 
     def to(self, device: torch.device) -> "DistillBatch":
-        teacher_top = None if self.teacher_top is None else self.teacher_top.to(device)
-        return DistillBatch(self.mel.to(device), self.student_frames, self.tokens.to(device), self.labels.to(device),
-                            teacher_top)
+        def moved(value):
+            return None if value is None else value.to(device)
+
+        return DistillBatch(self.student_mel.to(device), self.tokens.to(device), self.labels.to(device),
+                            moved(self.teacher_top), moved(self.teacher_mel), moved(self.teacher_encoded),
+                            moved(self.encoded_frames))
 
 
-def collate(examples: Sequence[Example], margin_s: float | None) -> DistillBatch:
+def collate(examples: Sequence[Example], margin_s: float | None, teacher_window: bool = False) -> DistillBatch:
     """One batch; the student reads the longest audio plus ``margin_s``, sized as the runtime sizes a
-    window of a model that needs no padding; None gives it the whole 30 s window (a stock-length model)."""
+    window of a model that needs no padding; None gives it the whole 30 s window (a stock-length model,
+    padded with zeros as the runtime pads one). ``teacher_window`` adds the teacher's 30 s window."""
     if margin_s is None:
         student_frames = N_FRAMES
     else:
@@ -99,9 +112,22 @@ def collate(examples: Sequence[Example], margin_s: float | None) -> DistillBatch
         tokens[row, : len(sequence) - 1] = sequence[:-1]
         # Position i predicts token i + 1; the first prediction that counts is the first text token.
         labels[row, example.n_prompt - 1 : len(sequence) - 1] = sequence[example.n_prompt :]
-    mel = torch.from_numpy(np.stack([e.window(N_FRAMES) for e in examples]))
-    return DistillBatch(mel=mel, student_frames=student_frames, tokens=tokens, labels=labels,
-                        teacher_top=_stacked_teacher_top(examples))
+    pad = 0.0 if margin_s is None else None
+    student_mel = torch.from_numpy(np.stack([e.window(student_frames, pad) for e in examples]))
+    teacher_mel = torch.from_numpy(np.stack([e.window(N_FRAMES, 0.0) for e in examples])) if teacher_window else None
+    encoded, frames = _stacked_teacher_encoded(examples)
+    return DistillBatch(student_mel, tokens, labels, _stacked_teacher_top(examples), teacher_mel, encoded, frames)
+
+
+def _stacked_teacher_encoded(examples: Sequence[Example]) -> tuple[Tensor | None, Tensor | None]:
+    """The rows' cached encoder outputs padded with zeros to the longest, and their lengths; None unless all have one."""
+    if any(e.teacher_encoded is None for e in examples):
+        return None, None
+    lengths = [len(e.teacher_encoded) for e in examples]
+    stacked = np.zeros((len(examples), max(lengths), examples[0].teacher_encoded.shape[1]), dtype=np.float32)
+    for row, example in enumerate(examples):
+        stacked[row, : lengths[row]] = example.teacher_encoded
+    return torch.from_numpy(stacked), torch.tensor(lengths)
 
 
 def _stacked_teacher_top(examples: Sequence[Example]) -> TeacherTopK | None:

@@ -1,8 +1,15 @@
-"""The knowledge-distillation loss: hard labels mixed with the teacher's softened distribution.
+"""The knowledge-distillation loss: hard labels mixed with the teacher's softened distribution, plus the
+teacher's encoder output to match.
 
-loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
-both parts averaged over the scored token positions. The T^2 keeps the soft part's gradients the same
+loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+       [+ beta * encoder matching, added by the training loop],
+both token parts averaged over the scored token positions. The T^2 keeps the soft part's gradients the same
 size whatever T is (Hinton et al., 2015), so alpha means the same thing at every temperature.
+
+Encoder matching (``encoder_matching_loss``) is the squared distance between the student's encoder output
+and the teacher's on the frames of the audio, relative to the teacher's own mean square: the student
+reads the audio plus a margin, the teacher the audio padded to 30 s, and what the student must learn is
+to give its decoder, from less input, what the teacher's encoder gave it.
 
 The teacher is either its whole logits or, cached once per corpus, its k largest logits of each
 scored position (top-k distillation): the teacher's distribution is then renormalised over those k
@@ -23,11 +30,13 @@ IGNORE_INDEX = -100  # a label that scores nothing: prompt tokens and padding
 
 @dataclass(frozen=True)
 class DistillLoss:
-    """The loss to minimise and its two parts; ``kl`` is before the T^2 scaling (0 without a teacher)."""
+    """The loss to minimise and its parts; ``kl`` is before the T^2 scaling (0 without a teacher), ``encoder``
+    the encoder matching before its weight (0 when not used)."""
 
     total: Tensor
     ce: Tensor
     kl: Tensor
+    encoder: Tensor | float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,18 @@ class TemperatureSchedule:
     def validate(self) -> None:
         if self.start <= 0 or (self.end is not None and self.end <= 0):
             raise EdgeAsrError(f"A distillation temperature must be positive, not {self.start} -> {self.end}.")
+
+
+def encoder_matching_loss(student: Tensor, teacher: Tensor, frames: Tensor) -> Tensor:
+    """Mean squared difference over each row's first ``frames[b]`` frames of ``student`` [B, S, d] and
+    ``teacher`` [B, T, d] (rows padded past their frames), divided by the teacher's mean square there."""
+    width = int(frames.max())
+    if student.shape[1] < width:
+        raise EdgeAsrError(f"The student's window holds {student.shape[1]} encoder frames, the audio {width}.")
+    mask = (torch.arange(width, device=frames.device)[None, :] < frames[:, None]).unsqueeze(-1).to(student.dtype)
+    target = teacher[:, :width].to(student.dtype)
+    error = ((student[:, :width].float() - target.float()).square() * mask).sum()
+    return error / ((target.float().square() * mask).sum()).clamp_min(1e-12)
 
 
 def distillation_loss(

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from edge_asr.models.distill_data import BatchOrder, Example, collate
-from edge_asr.models.distill_loss import DistillLoss, TemperatureSchedule, distillation_loss
+from edge_asr.models.distill_loss import DistillLoss, TemperatureSchedule, distillation_loss, encoder_matching_loss
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError
@@ -41,6 +41,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     alpha: float = 0.5  # weight of the labels' cross-entropy; 1 - alpha goes to the teacher
+    encoder_weight: float = 0.0  # beta: weight of matching the teacher's encoder output (needs it cached)
     temperature: TemperatureSchedule = TemperatureSchedule()
     margin_s: float | None = 1.0  # the student's window: the longest audio of the batch plus this; None: 30 s
     seed: int = 0
@@ -60,6 +61,8 @@ class TrainSettings:
             raise EdgeAsrError("learning_rate must be positive; warmup_steps and evaluate_every at least 0.")
         if not 0 <= self.alpha <= 1:
             raise EdgeAsrError(f"alpha weighs the labels against the teacher: between 0 and 1, not {self.alpha}.")
+        if self.encoder_weight < 0:
+            raise EdgeAsrError(f"the encoder-matching weight must be at least 0, not {self.encoder_weight}.")
         if self.margin_s is not None and self.margin_s < 0:
             raise EdgeAsrError(f"margin_s is the silence after the audio: at least 0, not {self.margin_s}.")
         self.temperature.validate()
@@ -80,6 +83,7 @@ class StepRecord:
     temperature: float
     learning_rate: float
     evaluation: dict[str, float] | None = None
+    encoder: float = 0.0  # the encoder-matching part, before its weight
 
 
 def train(
@@ -104,6 +108,9 @@ class _Trainer:
             raise EdgeAsrError(f"alpha {settings.alpha} learns partly from a teacher: give one, cache its logits "
                                "with the examples, or set alpha to 1.")
         _check_examples(examples, student.dims)
+        if settings.encoder_weight > 0 and any(e.teacher_encoded is None for e in examples):
+            raise EdgeAsrError("matching the teacher's encoder needs its output cached with every example "
+                               "(a corpus cached with teacher labels), or an encoder weight of 0.")
         self.settings, self.examples, self.evaluate, self.log = settings, examples, evaluate, log
         self.device = _device(settings.device)
         # CPU trains in float32: bfloat16 autocast pays only on cores with bfloat16 units, and on the
@@ -158,22 +165,29 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         def mean(part: str) -> float:
-            return sum(float(getattr(loss, part).detach()) for loss in losses) / len(losses)
+            return sum(float(getattr(loss, part)) for loss in losses) / len(losses)
 
-        return StepRecord(step + 1, mean("total"), mean("ce"), mean("kl"), temperature, learning_rate)
+        return StepRecord(step + 1, mean("total"), mean("ce"), mean("kl"), temperature, learning_rate,
+                          encoder=mean("encoder"))
 
     def _backward(self, batch_index: int, temperature: float) -> DistillLoss:
         """Forward and backward one batch; its gradients add to those of the step's other batches."""
         members = self.order[batch_index]
-        batch = collate([self.examples[i] for i in members], self.settings.margin_s).to(self.device)
+        settings = self.settings
+        batch = collate([self.examples[i] for i in members], settings.margin_s, self.teacher is not None)
+        batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            teacher_logits = batch.teacher_top if self.settings.alpha < 1 else None
+            teacher_logits = batch.teacher_top if settings.alpha < 1 else None
             if self.teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = self.teacher.logits(batch.mel, batch.tokens)
-            student_logits = self.student.logits(batch.student_mel(), batch.tokens)
-        loss = distillation_loss(student_logits, teacher_logits, batch.labels, self.settings.alpha, temperature)
-        self.scaler.scale(loss.total / self.settings.accumulation).backward()
+                    teacher_logits = self.teacher.logits(batch.teacher_mel, batch.tokens)
+            encoded = self.student.encoder(batch.student_mel)
+            student_logits = self.student.decoder.full(batch.tokens, encoded)
+        loss = distillation_loss(student_logits, teacher_logits, batch.labels, settings.alpha, temperature)
+        if settings.encoder_weight > 0:
+            matching = encoder_matching_loss(encoded, batch.teacher_encoded, batch.encoded_frames)
+            loss = DistillLoss(loss.total + settings.encoder_weight * matching, loss.ce, loss.kl, matching.detach())
+        self.scaler.scale(loss.total / settings.accumulation).backward()
         return loss
 
     def _evaluation(self, step: int) -> dict[str, float]:
@@ -189,7 +203,8 @@ class _Trainer:
     def _log_progress(self, record: StepRecord, seconds_per_step: float) -> None:
         remaining = (self.settings.steps - record.step) * seconds_per_step
         self.log(f"step {record.step}/{self.settings.steps}  loss {record.loss:.4f} (ce {record.ce:.4f}, "
-                 f"kl {record.kl:.4f})  T {record.temperature:.2f}  lr {record.learning_rate:.2e}  "
+                 f"kl {record.kl:.4f}, encoder {record.encoder:.4f})  T {record.temperature:.2f}  "
+                 f"lr {record.learning_rate:.2e}  "
                  f"{seconds_per_step:.2f} s/step, {remaining / 60:.0f} min left")
 
     def _save(self, history: list[StepRecord]) -> None:

@@ -1,11 +1,13 @@
 """A corpus turned into training examples once: features, label tokens and the teacher's top-k logits.
 
-Without a cache every epoch pays the teacher's 30 s encoder pass again (a third of a second per
-example on the 2-core development CPU, three times the student's own step). The cache keeps, per
-example, the Mel frames of its audio (see ``distill_data``), its tokens and the teacher's k largest
-logits at each predicted position. It is written in shards as it goes, so an interrupted build
-resumes at the first missing shard, and it is keyed by the teacher's sha256 and k, so another
-teacher never reads a stale cache.
+Without a cache every epoch pays the teacher's 30 s encoder pass again (half a second per example on
+the 2-core development CPU, more than the student's own step). The cache keeps, per example, the Mel
+frames of its audio (see ``distill_data``), its tokens and the teacher's k largest logits at each
+predicted position. The tokens are the corpus text ("reference" labels, for fine-tuning on a domain's
+words), or the teacher's own decoding with its encoder output ("teacher" labels, models/teacher_labels.py,
+for distilling a student that behaves as its teacher, on non-speech too). It is written in shards as it
+goes, so an interrupted build resumes at the first missing shard, and it is keyed by the teacher's sha256,
+k and the kind of labels, so another teacher never reads a stale cache.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 
 from edge_asr.models.distill_data import Example, collate, example_from_audio
 from edge_asr.models.distill_loss import IGNORE_INDEX
+from edge_asr.models.teacher_labels import label_plans, teacher_labelled
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
@@ -70,9 +73,19 @@ def label_tokens(tokenizer: WhisperTokenizer, text: str) -> tuple[tuple[int, ...
     return (*prompt, *tokenizer.encode(" " + text.strip()), tokenizer.eot), len(prompt)
 
 
-def cache_directory(corpus: Path, teacher_sha256: str, k: int) -> Path:
+@dataclass(frozen=True)
+class TeacherLabelling:
+    """Label with the teacher's own decoding (models/teacher_labels.py): its plans drawn from ``seed``,
+    its decoding suppressing the checkpoint's ``suppress_tokens``."""
+
+    seed: int = 0
+    suppress_tokens: tuple[int, ...] = (-1,)
+
+
+def cache_directory(corpus: Path, teacher_sha256: str, k: int, teacher_labels: bool = False) -> Path:
     """Where a corpus keeps its examples for one teacher and k; k 0: features and labels alone."""
-    return Path(corpus) / "cache" / f"{teacher_sha256[:16]}-{f'top{k}' if k else 'labels'}"
+    kind = f"teacher-top{k}" if teacher_labels else f"top{k}" if k else "labels"
+    return Path(corpus) / "cache" / f"{teacher_sha256[:16]}-{kind}"
 
 
 def cached_examples(
@@ -83,12 +96,17 @@ def cached_examples(
     k: int = 0,
     n_mels: int = 80,
     log: Callable[[str], None] = print,
+    labelling: TeacherLabelling | None = None,
 ) -> list[Example]:
-    """The entries as Examples, carrying the teacher's top-k when ``k`` > 0, computing the shards not
-    yet on disk (which needs the teacher when k > 0)."""
+    """The entries as Examples, carrying the teacher's top-k when ``k`` > 0 (and, with ``labelling``, its own
+    tokens and encoder output instead of the entries' texts), computing the shards not yet on disk (which
+    needs the teacher when k > 0). Entries whose teacher decoding looped are left out."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _check_listing(directory, entries, k)
+    if labelling is not None and not k:
+        raise EdgeAsrError("teacher labels come with the teacher's top-k: give k above 0.")
+    _check_listing(directory, entries, k, labelling)
+    plans = label_plans([e.text for e in entries], labelling.seed) if labelling else None
     frontend = LogMelFrontend(n_mels)
     examples: list[Example] = []
     started, done = time.monotonic(), 0
@@ -98,7 +116,13 @@ def cached_examples(
             if k and teacher is None:
                 raise EdgeAsrError(f"{shard} is missing, and computing the teacher's top-k logits needs the teacher.")
             members = entries[first : first + SHARD_SIZE]
-            _write_shard(shard, _examples(members, tokenizer, frontend, teacher if k else None, k))
+            if labelling is None:
+                made = _examples(members, tokenizer, frontend, teacher if k else None, k)
+            else:
+                features = _examples(members, tokenizer, frontend, None, 0)
+                made = [e for e in teacher_labelled(features, plans[first : first + SHARD_SIZE], teacher, tokenizer, k,
+                                                    labelling.suppress_tokens) if e is not None]
+            _write_shard(shard, made)
             done += len(members)
             rate = done / (time.monotonic() - started)
             left = (len(entries) - first - len(members)) / rate
@@ -107,10 +131,12 @@ def cached_examples(
     return examples
 
 
-def _check_listing(directory: Path, entries: Sequence[LabelledAudio], k: int) -> None:
+def _check_listing(directory: Path, entries: Sequence[LabelledAudio], k: int, labelling) -> None:
     """The cache belongs to exactly these entries, in this order; a different corpus gets a clear refusal."""
     listing = directory / "entries.json"
     wanted = {"k": k, "ids": [e.id for e in entries], "texts": [e.text for e in entries]}
+    if labelling is not None:
+        wanted["labelling"] = {"seed": labelling.seed, "suppress_tokens": list(labelling.suppress_tokens)}
     if listing.is_file():
         if json.loads(listing.read_text()) != wanted:
             raise EdgeAsrError(f"{directory} caches another set of examples: delete it to rebuild.")
@@ -137,7 +163,7 @@ def _examples(members: Sequence[LabelledAudio], tokenizer: WhisperTokenizer, fro
 def _top_k(teacher: WhisperModel, batch: Sequence[Example], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per example, the teacher's top-k at each predicted position, reading the 30 s padded window."""
     stacked = collate(batch, margin_s=None)
-    scored = teacher.eval().logits(stacked.mel, stacked.tokens)[stacked.labels != IGNORE_INDEX].float()
+    scored = teacher.eval().logits(stacked.student_mel, stacked.tokens)[stacked.labels != IGNORE_INDEX].float()
     values, indices = scored.topk(k, dim=-1)  # label order: example by example
     ends = np.cumsum([len(e.tokens) - e.n_prompt for e in batch])[:-1]
     return list(zip(np.split(indices.numpy().astype(np.int32), ends), np.split(values.numpy().astype(np.float16), ends)))
@@ -145,6 +171,10 @@ def _top_k(teacher: WhisperModel, batch: Sequence[Example], k: int) -> list[tupl
 
 def _write_shard(path: Path, examples: Sequence[Example]) -> None:
     """One .npz of concatenated arrays with offsets, written beside and renamed (never half a shard)."""
+    if not examples:  # every member looped: an empty shard still says it is done
+        np.savez(path.with_suffix(".partial.npz"), empty=np.zeros(0))
+        path.with_suffix(".partial.npz").replace(path)
+        return
     frames = np.cumsum([0] + [e.mel.shape[1] for e in examples])
     lengths = np.cumsum([0] + [len(e.tokens) for e in examples])
     scored = np.cumsum([0] + [len(e.tokens) - e.n_prompt for e in examples])
@@ -154,7 +184,7 @@ def _write_shard(path: Path, examples: Sequence[Example]) -> None:
         mel=np.concatenate([e.mel for e in examples], axis=1), frames=frames,
         tokens=np.array([t for e in examples for t in e.tokens], dtype=np.int32), lengths=lengths,
         n_prompt=np.array([e.n_prompt for e in examples]), audio_frames=np.array([e.audio_frames for e in examples]),
-        scored=scored, **_stacked_top(examples),
+        scored=scored, **_stacked_top(examples), **_stacked_encoded(examples),
     )
     partial.replace(path)
 
@@ -166,18 +196,28 @@ def _stacked_top(examples: Sequence[Example]) -> dict[str, np.ndarray]:
             "top_logits": np.concatenate([e.teacher_top[1] for e in examples])}
 
 
+def _stacked_encoded(examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    if examples[0].teacher_encoded is None:
+        return {}
+    return {"encoded": np.concatenate([e.teacher_encoded for e in examples]),
+            "encoded_offsets": np.cumsum([0] + [len(e.teacher_encoded) for e in examples])}
+
+
 def _read_shard(path: Path) -> list[Example]:
     try:
         data = dict(np.load(path))
     except (OSError, ValueError, EOFError) as err:
         raise EdgeAsrError(f"{path} is not a readable cache shard ({err}): delete it to rebuild it.") from None
+    if "empty" in data:
+        return []
     f, n, s = data["frames"], data["lengths"], data["scored"]
-    top = "top_indices" in data
+    top, e = "top_indices" in data, data.get("encoded_offsets")
     return [
         Example(
             mel=data["mel"][:, f[i] : f[i + 1]], audio_frames=int(data["audio_frames"][i]),
             tokens=tuple(int(t) for t in data["tokens"][n[i] : n[i + 1]]), n_prompt=int(data["n_prompt"][i]),
             teacher_top=(data["top_indices"][s[i] : s[i + 1]], data["top_logits"][s[i] : s[i + 1]]) if top else None,
+            teacher_encoded=None if e is None else data["encoded"][e[i] : e[i + 1]],
         )
         for i in range(len(f) - 1)
     ]

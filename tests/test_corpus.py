@@ -242,8 +242,8 @@ def test_errors_are_one_sentence(tmp_path, monkeypatch, tone_voice, sentence_fil
         build_corpus(tmp_path / "out", CorpusOptions(sentences=1, pseudo_label=True, sentence_file=sentence_file))
     assert "teacher" in one_sentence(err)
     with pytest.raises(EdgeAsrError) as err:
-        CorpusOptions(voices=("piper", "flite")).validate()
-    assert "unknown voice flite" in one_sentence(err)
+        CorpusOptions(voices=("piper", "mimic3")).validate()
+    assert "unknown voice mimic3" in one_sentence(err)
     with pytest.raises(EdgeAsrError) as err:
         read_manifest(tmp_path / "nowhere")
     assert "holds no manifest.jsonl" in one_sentence(err)

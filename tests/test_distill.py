@@ -151,23 +151,27 @@ def test_saved_student_reads_back_as_a_checkpoint(tmp_path):
 # -- features and batches ------------------------------------------------------------------------
 
 def test_teacher_and_student_windows_are_the_features_of_padded_audio():
-    """The batch holds the teacher's 30 s window; its first frames are the student's audio + margin."""
+    """The teacher's 30 s window is the audio's features then zeros, as the runtime pads stock Whisper; the
+    student's is the audio plus one second, padded with the features of silent audio as the runtime pads it."""
     rng = np.random.default_rng(0)
     frontend = LogMelFrontend(80)
     audio = rng.normal(0, 0.1, 33333).astype(np.float32)
     example = example_from_audio(audio, [1, 2, 3], PROMPT, frontend)
-    batch = collate([example], margin_s=1.0)
-    assert np.array_equal(batch.mel[0].numpy(), frontend(audio, padding=N_SAMPLES)[:, :N_FRAMES])
-    assert batch.student_frames == 33333 // 160 + 100  # the audio's 208 frames and one second
-    margin = frontend(audio, padding=16000)[:, : batch.student_frames]
-    assert np.array_equal(batch.student_mel()[0].numpy(), margin)
+    batch = collate([example], margin_s=1.0, teacher_window=True)
+    content = frontend(audio, padding=N_SAMPLES)[:, : 33333 // 160]
+    teacher = batch.teacher_mel[0].numpy()
+    assert np.array_equal(teacher[:, :208], content) and not teacher[:, 208:].any() and teacher.shape[1] == N_FRAMES
+    assert batch.student_mel.shape[2] == 33333 // 160 + 100  # the audio's 208 frames and one second
+    margin = frontend(audio, padding=16000)[:, : batch.student_mel.shape[2]]
+    assert np.array_equal(batch.student_mel[0].numpy(), margin)
+    assert collate([example], margin_s=1.0).teacher_mel is None  # only a live teacher needs its window
     with torch.no_grad():
-        assert tiny_model(0).encoder(batch.student_mel()).shape == (1, batch.student_frames // 2, 32)
+        assert tiny_model(0).encoder(batch.student_mel).shape == (1, batch.student_mel.shape[2] // 2, 32)
 
 
 def test_collate_shifts_labels_and_hides_prompt_and_padding(examples):
     batch = collate(examples[:2], margin_s=None)
-    assert batch.student_frames == N_FRAMES
+    assert batch.student_mel.shape[2] == N_FRAMES
     long, short = examples[0].tokens, examples[1].tokens
     assert batch.tokens[0].tolist() == list(long[:-1])
     assert batch.labels[0].tolist() == [IGNORE_INDEX] * (PROMPT - 1) + list(long[PROMPT:])

@@ -28,16 +28,29 @@ def engine(tiny_fp32_bundle):
     return transcriber.engine, transcriber.tokenizer
 
 
+class PoolWith:
+    """An engine's decoder pool whose steps first call ``before()``."""
+
+    def __init__(self, pool, before):
+        self.pool, self.before, self.capacity = pool, before, pool.capacity
+
+    def step(self, *args):
+        self.before()
+        return self.pool.step(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
 class Slowed:
-    """The engine with 50 ms more a call: while one step runs, the other threads' steps queue up, so
+    """The engine with 50 ms more a step: while one step runs, the other threads' steps queue up, so
     they meet in the next one however the threads are scheduled."""
 
     def __init__(self, engine):
         self.engine, self.dims = engine, engine.dims
 
-    def decode(self, *args):
-        time.sleep(0.05)
-        return self.engine.decode(*args)
+    def new_pool(self, audio, capacity):
+        return PoolWith(self.engine.new_pool(audio, capacity), lambda: time.sleep(0.05))
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -159,16 +172,18 @@ def test_rows_join_and_leave_between_steps(engine, jfk_wav):
 
 
 class FailsOnce:
-    """The engine, whose first decoder call raises."""
+    """The engine, whose first batched step raises."""
 
     def __init__(self, engine):
         self.engine, self.dims, self.failed = engine, engine.dims, False
 
-    def decode(self, *args):
+    def new_pool(self, audio, capacity):
+        return PoolWith(self.engine.new_pool(audio, capacity), self._fail_once)
+
+    def _fail_once(self):
         if not self.failed:
             self.failed = True
             raise RuntimeError("device lost")
-        return self.engine.decode(*args)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)

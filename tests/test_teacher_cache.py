@@ -70,7 +70,7 @@ def test_cache_holds_the_teachers_top_k_and_reads_back_without_it(corpus, tmp_pa
     read = cached_examples(corpus, tmp_path / "cache", LetterTokenizer(), None, K)  # no teacher: from disk alone
     batch = collate(read, margin_s=None)
     with torch.no_grad():
-        logits = teacher.logits(batch.mel, batch.tokens)[batch.labels != IGNORE_INDEX]
+        logits = teacher.logits(batch.student_mel, batch.tokens)[batch.labels != IGNORE_INDEX]
     values, indices = logits.topk(K, dim=-1)
     assert torch.equal(batch.teacher_top.indices, indices)
     assert torch.allclose(batch.teacher_top.logits, values, atol=2e-2)  # stored as float16
@@ -79,7 +79,7 @@ def test_cache_holds_the_teachers_top_k_and_reads_back_without_it(corpus, tmp_pa
     # Each example's share, against the teacher reading that example alone: rows are split at the right places.
     for example in read:
         with torch.no_grad():
-            alone = teacher.logits(torch.from_numpy(example.window(N_FRAMES))[None],
+            alone = teacher.logits(torch.from_numpy(example.window(N_FRAMES, pad=0.0))[None],
                                    torch.tensor([example.tokens[:-1]]))[0, example.n_prompt - 1 :]
         assert np.array_equal(example.teacher_top[0], alone.topk(K, dim=-1).indices.numpy())
     assert read[1].tokens == (LetterTokenizer.sot, LetterTokenizer.no_timestamps, *LetterTokenizer().encode("hello"),

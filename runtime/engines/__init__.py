@@ -24,4 +24,8 @@ def load_engine(bundle: Bundle, threads: int) -> Engine:
         from edge_asr.runtime.engines.tensorrt import TensorRTEngine
 
         return TensorRTEngine(bundle, threads)
+    if backend == "torch":
+        from edge_asr.runtime.engines.torch_engine import load_torch_engine
+
+        return load_torch_engine(bundle, threads)
     raise BundleError(f"bundle {bundle.path} needs the {backend} engine, which this edge-asr does not have.")

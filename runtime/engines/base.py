@@ -17,6 +17,12 @@ and the audio context are opaque to callers except for ``take(rows)``, which gat
 search reorders with it, and repeats one window's context for several beams). A cache's
 ``take(rows, filled)`` may copy only the first ``filled`` slots: the slots past a row's offset are
 never attended to.
+
+An engine that can batch the steps of many decodings (serving/step_batcher.py) also keeps
+**pools**: ``new_pool(audio, capacity)`` gives slots in the engine's own memory (host arrays, or GPU
+memory) for decodings whose audio contexts share ``pool_key(audio)``; a decoding's cache and audio
+context are copied into its slots once, its cache object is re-pointed at them, and each step is one
+``DecoderPool.step`` over a span of slots. The batcher never sees a backend's types.
 """
 from __future__ import annotations
 
@@ -52,6 +58,22 @@ class KVCache(Protocol):
     batch: int
 
     def take(self, rows: np.ndarray, filled: int | None = None) -> "KVCache": ...
+
+
+class DecoderPool(Protocol):
+    capacity: int
+
+    def admit(self, slots: slice, cache: KVCache, audio: AudioContext, filled: int) -> None:
+        """Copy a decoding's cache (its first ``filled`` slots) and audio context into pool ``slots``."""
+
+    def point(self, cache: KVCache, slots: slice) -> None:
+        """Re-point the decoding's cache object at its pool slots, so its later writes and reorders go there."""
+
+    def span(self, first: int, stop: int) -> tuple[int, int]:
+        """The slots a step over [first, stop) computes (at least those): some engines run fixed spans."""
+
+    def step(self, tokens: np.ndarray, offsets: np.ndarray, first: int, stop: int) -> np.ndarray:
+        """One token per slot of the span [first, stop) at its offset -> logits float32 [stop - first, n_vocab]."""
 
 
 class Engine(Protocol):

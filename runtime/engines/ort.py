@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines.base import check_decoder_inputs
-from edge_asr.runtime.engines.stacked import StackedAudioContext, StackedKVCache
+from edge_asr.runtime.engines.stacked import HostPool, StackedAudioContext, StackedKVCache
 from edge_asr.runtime.errors import BundleError
 
 _pool_threads: int | None = None
@@ -96,6 +96,14 @@ class OrtEngine:
     def new_cache(self, batch: int) -> OrtKVCache:
         shape = (self.dims.n_text_layer, batch, self.dims.n_text_ctx, self.dims.n_text_state)
         return OrtKVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    @staticmethod
+    def pool_key(audio: OrtAudioContext) -> tuple:
+        """Decodings share a pool when their audio contexts have one shape (the graph takes no audio lengths)."""
+        return audio.cross_k.shape[2:]
+
+    def new_pool(self, audio: OrtAudioContext, capacity: int) -> HostPool:
+        return HostPool(self, audio, capacity, OrtKVCache, OrtAudioContext)
 
     def decode(self, tokens, offsets, cache: OrtKVCache, audio: OrtAudioContext, select) -> np.ndarray:
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)

@@ -68,3 +68,42 @@ class StackedKVCache:
         for row, offset in enumerate(offsets):
             self.self_k[:, row, offset : offset + n] = new_k[:, row]
             self.self_v[:, row, offset : offset + n] = new_v[:, row]
+
+
+class HostPool:
+    """Decoder pool slots in host memory for the stacked-array engines (engines/base.py, DecoderPool).
+
+    Its arrays come from np.zeros, whose pages the OS maps only when written: the capacity costs address
+    space, and memory only for the slots used. Each step runs ``engine.decode`` over views of the span.
+    """
+
+    def __init__(self, engine, audio: StackedAudioContext, capacity: int, cache_type, context_type):
+        dims = engine.dims
+        self.engine, self.capacity = engine, capacity
+        self.cache_type, self.context_type = cache_type, context_type
+        self_shape = (dims.n_text_layer, capacity, dims.n_text_ctx, dims.n_text_state)
+        cross_shape = (audio.cross_k.shape[0], capacity, *audio.cross_k.shape[2:])
+        self.self_k, self.self_v = np.zeros(self_shape, np.float32), np.zeros(self_shape, np.float32)
+        self.cross_k = np.zeros(cross_shape, audio.cross_k.dtype)
+        self.cross_v = np.zeros(cross_shape, audio.cross_v.dtype)
+
+    def admit(self, slots: slice, cache: StackedKVCache, audio: StackedAudioContext, filled: int) -> None:
+        self.self_k[:, slots, :filled] = cache.self_k[:, :, :filled]
+        self.self_v[:, slots, :filled] = cache.self_v[:, :, :filled]
+        self.cross_k[:, slots] = audio.cross_k
+        self.cross_v[:, slots] = audio.cross_v
+
+    def point(self, cache: StackedKVCache, slots: slice) -> None:
+        # Re-initialised over the slots, the object keeps its type and methods (take, write), and the
+        # decoding that holds it sees nothing change.
+        cache.__init__(self.self_k[:, slots], self.self_v[:, slots])
+
+    def span(self, first: int, stop: int) -> tuple[int, int]:
+        return first, stop
+
+    def step(self, tokens: np.ndarray, offsets: np.ndarray, first: int, stop: int) -> np.ndarray:
+        rows = slice(first, stop)
+        cache = self.cache_type(self.self_k[:, rows], self.self_v[:, rows])
+        audio = self.context_type(self.cross_k[:, rows], self.cross_v[:, rows])
+        select = np.zeros((stop - first, 1), np.int64)
+        return self.engine.decode(tokens[:, None], offsets, cache, audio, select)[:, 0]

@@ -69,6 +69,10 @@ class TimedEngine:
         self._count("step" if tokens.shape[1] == 1 else "prompt", tokens.shape[0], time.perf_counter() - started)
         return logits
 
+    def new_pool(self, audio, capacity: int):
+        """The engine's decoder pool (engines/base.py), its steps counted as steps."""
+        return _TimedPool(self.engine.new_pool(audio, capacity), self)
+
     def _count(self, op: str, rows: int, seconds: float, frames: int = 0) -> None:
         with self._lock:
             tally = self._tally[op]
@@ -77,3 +81,17 @@ class TimedEngine:
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
+
+
+class _TimedPool:
+    def __init__(self, pool, timed: TimedEngine):
+        self.pool, self.timed, self.capacity = pool, timed, pool.capacity
+
+    def step(self, tokens, offsets, first: int, stop: int):
+        started = time.perf_counter()
+        logits = self.pool.step(tokens, offsets, first, stop)
+        self.timed._count("step", stop - first, time.perf_counter() - started)
+        return logits
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)

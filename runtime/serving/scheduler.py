@@ -269,6 +269,9 @@ def _deliver(callback, *args) -> None:
         print(f"edge-asr: a stream's callback failed: {err}", file=sys.stderr)
 
 
+POOLED_BACKENDS = ("onnxruntime", "torch")  # engines with decoder pools (engines/base.py)
+
+
 def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> StreamScheduler:
     """The scheduler `edge-asr serve` runs, from its validated options and the model options of `args`."""
     from edge_asr.runtime.bundle import load_bundle
@@ -277,9 +280,10 @@ def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> Strea
     from edge_asr.runtime.transcriber import Transcriber
 
     bundle = load_bundle(Path(bundle))
-    if options.workers > 1 and bundle.target.backend != "onnxruntime":
-        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams in host memory, which only "
-                           f"onnxruntime bundles allow; serve this {bundle.target.backend} bundle with --workers 1.")
+    if options.workers > 1 and bundle.target.backend not in POOLED_BACKENDS:
+        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams, which only "
+                           f"{' and '.join(POOLED_BACKENDS)} bundles can do; serve this {bundle.target.backend} bundle "
+                           "with --workers 1.")
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step

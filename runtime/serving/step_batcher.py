@@ -13,8 +13,10 @@ their logits dropped.
 A thread whose decoding ends drops its cache; a finalizer frees its slots, and a new utterance may
 take them at the next step: rows join and leave between steps.
 
-Encoder calls and prompt passes (several tokens a row) go straight to the engine. Shapes stay
-static per pool (the pool's capacity, the audio length), as TensorRT and TVM prefer.
+Encoder calls and prompt passes (several tokens a row) go straight to the engine. The slots live where
+the engine keeps them (engines/base.py, DecoderPool: host arrays for onnxruntime, GPU memory for the
+PyTorch engine), and which decodings may share a pool is the engine's to say (one audio length for
+onnxruntime, any for the PyTorch engine, whose step masks each row's audio).
 """
 from __future__ import annotations
 
@@ -24,9 +26,8 @@ import weakref
 
 import numpy as np
 
-# Slots a pool is made with. Its arrays come from np.zeros, whose pages the OS maps only when written:
-# the capacity costs address space, and memory only for the slots used. A full pool is never grown
-# (growing would move live rows under threads that may be reordering them): another pool is opened.
+# Slots a pool is made with. A full pool is never grown (growing would move live rows under threads that
+# may be reordering them): another pool is opened.
 POOL_ROWS = 16
 
 
@@ -48,16 +49,12 @@ class _Member:
 
 
 class _Pool:
-    """Slots for decodings whose audio contexts have one shape (`key`)."""
+    """The engine's slots (engines/base.py, DecoderPool) for decodings whose audio contexts share `key`, and
+    which decoding holds which."""
 
-    def __init__(self, engine, audio, key: tuple, capacity: int):
+    def __init__(self, engine, audio, key, capacity: int):
         self.key, self.capacity = key, capacity
-        dims = engine.dims
-        self.self_shape = (dims.n_text_layer, capacity, dims.n_text_ctx, dims.n_text_state)
-        self.cross_shape = (audio.cross_k.shape[0], capacity, *audio.cross_k.shape[2:])
-        self.self_k, self.self_v = np.zeros(self.self_shape, np.float32), np.zeros(self.self_shape, np.float32)
-        self.cross_k = np.zeros(self.cross_shape, audio.cross_k.dtype)
-        self.cross_v = np.zeros(self.cross_shape, audio.cross_v.dtype)
+        self.slots = engine.new_pool(audio, capacity)
         self.members: dict[int, _Member] = {}  # by id() of the member's cache object
         self.caches: dict[int, weakref.ref] = {}
         self.running = False
@@ -70,20 +67,6 @@ class _Pool:
             if not used[start : start + rows].any():
                 return start
         return None
-
-    def point(self, cache, member: _Member) -> None:
-        """Makes the member's cache object a view of its slots: re-initialised over them, it keeps its
-        type and methods (take, write) and the decoding thread that holds it sees nothing change."""
-        rows = slice(member.start, member.start + member.rows)
-        cache.__init__(self.self_k[:, rows], self.self_v[:, rows])
-
-    def view(self, first: int, stop: int):
-        """Cache and audio context objects over slots [first, stop), for one engine call."""
-        from edge_asr.runtime.engines.ort import OrtAudioContext, OrtKVCache
-
-        rows = slice(first, stop)
-        return (OrtKVCache(self.self_k[:, rows], self.self_v[:, rows]),
-                OrtAudioContext(self.cross_k[:, rows], self.cross_v[:, rows]))
 
 
 class StepBatcher:
@@ -144,7 +127,7 @@ class StepBatcher:
 
     def _member(self, cache, audio, offsets: np.ndarray) -> tuple[_Pool, _Member]:
         """Under the lock: the cache's member, joining a pool (copying its rows in) on its first step."""
-        key = (audio.cross_k.shape[0], *audio.cross_k.shape[2:])
+        key = self.engine.pool_key(audio)
         rows = cache.batch
         while True:
             self._forget_gone()
@@ -160,16 +143,12 @@ class StepBatcher:
             self._changed.wait()
         pool = idle[0] if idle else self._open_pool(audio, key, rows)
         start = pool.free_start(rows)
-        filled = int(offsets.max())
         slots = slice(start, start + rows)
-        pool.self_k[:, slots, :filled] = cache.self_k[:, :, :filled]
-        pool.self_v[:, slots, :filled] = cache.self_v[:, :, :filled]
-        pool.cross_k[:, slots] = audio.cross_k
-        pool.cross_v[:, slots] = audio.cross_v
+        pool.slots.admit(slots, cache, audio, int(offsets.max()))
         member = _Member(start, rows, offsets.copy())
         pool.members[id(cache)] = member
         pool.caches[id(cache)] = weakref.ref(cache)
-        pool.point(cache, member)
+        pool.slots.point(cache, slots)
         weakref.finalize(cache, self._leave, pool, id(cache), member)
         return pool, member
 
@@ -207,9 +186,8 @@ class StepBatcher:
                 pool.running = True
             n, logits, error = len(tokens), None, None
             try:
-                cache, audio = pool.view(first, first + n)
                 with self._engine:
-                    logits = self.engine.decode(tokens[:, None], offsets, cache, audio, np.zeros((n, 1), np.int64))
+                    logits = pool.slots.step(tokens, offsets, first, first + n)
             except Exception as err:  # every waiting thread gets the error, as if it had called alone
                 error = err
             finally:
@@ -220,12 +198,12 @@ class StepBatcher:
                     for member in members:
                         request, member.request = member.request, None
                         rows = slice(member.start - first, member.start - first + member.rows)
-                        request.logits = None if logits is None else logits[rows]
+                        request.logits = None if logits is None else logits[rows, None]  # [rows, 1, vocab]
                         request.error = error
                         request.done.set()
                         member.next_offsets = request.offsets + 1
                     self._changed.notify_all()
-            cache = audio = logits = error = request = None  # no reference to the caches until the next step
+            logits = error = request = None  # no reference to the caches until the next step
 
     def _due(self) -> _Pool | None:
         """Under the lock: a pool whose members all wait for a step, or whose first waiter waited wait_s."""
@@ -243,12 +221,11 @@ class StepBatcher:
 
     @staticmethod
     def _batch(pool: _Pool) -> tuple[np.ndarray, np.ndarray, list[_Member], int]:
-        """Under the lock: the slots from the first to the last waiting row, and the first's index. Rows
-        in between that are not waiting ride along as passengers at their next position (free slots at
-        0), fed token 0: their logits are dropped."""
+        """Under the lock: the slots from the first to the last waiting row (or the wider span the engine
+        runs), and the first's index. Rows in between that are not waiting ride along as passengers at
+        their next position (free slots at 0), fed token 0: their logits are dropped."""
         waiting = [m for m in pool.members.values() if m.request is not None]
-        first = min(m.start for m in waiting)
-        stop = max(m.start + m.rows for m in waiting)
+        first, stop = pool.slots.span(min(m.start for m in waiting), max(m.start + m.rows for m in waiting))
         tokens, offsets = np.zeros(stop - first, np.int64), np.zeros(stop - first, np.int64)
         for member in pool.members.values():
             if first <= member.start < stop:
