@@ -102,7 +102,7 @@ def unpack(packed: Path, bundle: Path) -> Path:
 
 
 def run_tests(out: Path) -> dict:
-    tests = ["tests/test_torch_engine.py", "tests/test_host_memory.py", "tests/test_power.py", "tests/test_distill.py"]
+    tests = ["tests/test_torch_engine.py", "tests/test_mel_stream.py", "tests/test_power.py", "tests/test_distill.py"]
     tests = [t for t in tests if Path(t).is_file()]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests, "-k",
                            "cuda or gpu or pinned or nvml or graph or pool"], capture_output=True, text=True)
