@@ -55,7 +55,8 @@ setup(
     python_requires=">=3.10",
     package_dir=FOLDERS,
     packages=list(FOLDERS),
-    package_data={"edge_asr.models": ["adapters/*/*"]},  # LoRA adapters trained here, about 1 MB each
+    # LoRA adapters trained here (about 1 MB each) and students shipped as encoder deltas (14 MB)
+    package_data={"edge_asr.models": ["adapters/*/*", "students/*/*"]},
     install_requires=RUNTIME,
     extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "serve": SERVE, "bench": BENCH, "tvm": TVM,
                     "tvm-runtime": TVM_RUNTIME, "tensorrt": TENSORRT, "train": TRAIN, "dev": DEV},

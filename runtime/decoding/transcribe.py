@@ -10,12 +10,13 @@ progress.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
-from edge_asr.runtime.decoding.decode import DecodingResult, decode_window
-from edge_asr.runtime.decoding.language import detect_language
+from edge_asr.runtime.decoding.calls import Encode, EngineCall, Steps, call_engine
+from edge_asr.runtime.decoding.decode import DecodingResult, decode_window_steps
+from edge_asr.runtime.decoding.language import detect_language_steps
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.repetition import is_looping, token_cap
 from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND, SegmentSpan, split_segments
@@ -41,6 +42,50 @@ def transcribe(
     (padded to window_frames for stock Whisper, the audio plus a margin for a model that needs no
     padding). ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
     reused for every encoder input instead of a new array per window."""
+    steps = transcribe_steps(engine, tokenizer, mel, options, window_buffer)
+    reply = None
+    while True:
+        try:
+            item = steps.send(reply)
+        except StopIteration:
+            return
+        if isinstance(item, WindowResult):
+            reply = None
+            yield item
+        else:
+            reply = call_engine(engine, item)
+
+
+def transcribe_windows(
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    mel: np.ndarray,
+    options: TranscribeOptions | None = None,
+    window_buffer: np.ndarray | None = None,
+) -> Steps[list[WindowResult]]:
+    """transcribe as a generator of engine calls (decoding/calls.py) that returns every window at the end."""
+    windows, reply = [], None
+    steps = transcribe_steps(engine, tokenizer, mel, options, window_buffer)
+    while True:
+        try:
+            item = steps.send(reply)
+        except StopIteration:
+            return windows
+        if isinstance(item, WindowResult):
+            windows.append(item)
+            reply = None
+        else:
+            reply = yield item
+
+
+def transcribe_steps(
+    engine: Engine,
+    tokenizer: WhisperTokenizer,
+    mel: np.ndarray,
+    options: TranscribeOptions | None = None,
+    window_buffer: np.ndarray | None = None,
+) -> Generator[EngineCall | WindowResult, object, None]:
+    """transcribe as a generator: engine calls (whose results it is sent) and each window's result (sent None)."""
     options = (options or TranscribeOptions()).validate()
     _check_mel(engine, mel, options, window_buffer)
     content_frames = mel.shape[1]
@@ -60,10 +105,10 @@ def transcribe(
             segments, consumed = [], audio_frames
         else:
             frames = encoder_frames(audio_frames, options.window_policy, options.encoder_context, options.window_frames)
-            audio = engine.encode(window_mel(content, frames, window_buffer, padding))
+            audio = yield Encode(window_mel(content, frames, window_buffer, padding))
             if language is None:
-                language = detect_language(engine, tokenizer, audio)[0][0]
-            segments, consumed = _transcribe_window(
+                language = (yield from detect_language_steps(engine, tokenizer, audio))[0][0]
+            segments, consumed = yield from _transcribe_window(
                 engine, tokenizer, audio, replace(options, language=language), state, start, audio_frames
             )
         seek += consumed
@@ -78,9 +123,10 @@ def _transcribe_window(
     state: "_RecordingState",
     start: float,
     audio_frames: int,
-) -> tuple[list[Segment], int]:
+) -> Steps[tuple[list[Segment], int]]:
     """One encoded window's segments and the Mel frames it consumed; updates the prompt."""
-    result = decode_with_fallback(engine, tokenizer, audio, options, state.prompt(), state.rng, audio_frames)
+    result = yield from decode_with_fallback_steps(engine, tokenizer, audio, options, state.prompt(), state.rng,
+                                                   audio_frames)
     if result is None:  # a loop at every temperature: the prompt may be what keeps it looping
         state.reset_prompt()
         return [], audio_frames
@@ -94,7 +140,7 @@ def _transcribe_window(
     return segments, consumed
 
 
-def decode_with_fallback(
+def decode_with_fallback_steps(
     engine: Engine,
     tokenizer: WhisperTokenizer,
     audio: AudioContext,
@@ -102,9 +148,9 @@ def decode_with_fallback(
     prompt: list[int],
     rng: np.random.Generator,
     audio_frames: int,
-) -> DecodingResult | None:
+) -> Steps[DecodingResult | None]:
     """The first acceptable decoding of one window (holding ``audio_frames`` of audio), trying
-    options.temperatures in turn.
+    options.temperatures in turn, as a generator of engine calls (decoding/calls.py).
 
     When every temperature fails, the most probable result that does not loop is kept, as
     faster-whisper does; when all of them loop, None: the window's text would be invented."""
@@ -114,7 +160,7 @@ def decode_with_fallback(
     decoding = replace(options, sample_len=cap) if capped else options
     usable = []
     for temperature in options.temperatures:
-        (result,) = decode_window(
+        (result,) = yield from decode_window_steps(
             engine, tokenizer, audio, decoding, temperature=temperature, prompts=[prompt], rng=rng
         )
         looping = _is_looping(result, tokenizer, options, capped)

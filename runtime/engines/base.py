@@ -18,7 +18,7 @@ search reorders with it, and repeats one window's context for several beams). A 
 ``take(rows, filled)`` may copy only the first ``filled`` slots: the slots past a row's offset are
 never attended to.
 
-An engine that can batch the steps of many decodings (serving/step_batcher.py) also keeps
+An engine that can batch the steps of many decodings (serving/engine_loop.py) also keeps
 **pools**: ``new_pool(audio, capacity)`` gives slots in the engine's own memory (host arrays, or GPU
 memory) for decodings whose audio contexts share ``pool_key(audio)``; a decoding's cache and audio
 context are copied into its slots once, its cache object is re-pointed at them, and each step is one

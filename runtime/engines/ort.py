@@ -53,7 +53,7 @@ def _layer_values(name: str, stacked: np.ndarray) -> dict[str, ort.OrtValue]:
     Plain numpy feeds are copied on every run: at batch 5 that was half of a tiny.en decoder step.
     A layer view that is not C-contiguous would be copied once, silently, and later writes to the
     cache would never reach the graph; so every layer view must be contiguous (``stacked`` itself may
-    be a range of rows of a larger pool, as the serving step batcher makes).
+    be a range of rows of a larger pool, as the serving engine loop makes).
     """
     layers = [stacked[layer] for layer in range(len(stacked))]
     if not all(view.flags.c_contiguous for view in layers):

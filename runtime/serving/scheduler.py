@@ -1,6 +1,7 @@
-"""Many streams on one engine: each stream's audio waits in a bounded queue, and one worker thread
-serves the streams in turn, so that no stream starves another and the engine is never entered from
-two threads at once.
+"""Many streams on one engine: each stream's audio waits in a bounded queue, and one thread serves the
+streams in turn, so that no stream starves another and the engine is never entered from two threads at
+once. With `workers` 1 it serves one stream's turn at a time; above 1, up to that many turns at once
+through an engine loop (serving/engine_loop.py), which batches their encoder windows and decoder steps.
 
 Per-stream state (VAD, segmenter, Mel ring, local agreement, prompt) stays per stream, in one
 StreamRecognizer each. A turn gives a stream at most `turn_s` of its queued audio. A stream whose
@@ -27,6 +28,7 @@ from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.engines.timed import OpTally, TimedEngine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent
+from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
 from edge_asr.runtime.streaming.recognizer import StreamRecognizer
 
 
@@ -40,7 +42,7 @@ class SchedulerOptions:
     max_queued_s: float = 10.0  # per stream: push() refuses more (back-pressure on the client)
     turn_s: float = 1.0  # the most audio one stream gets through the recognizer before the next stream's turn
     shed_after_s: float = 0.3  # audio queued this long anywhere: finals only, no partials, until it is served
-    workers: int = 1  # streams served at once; above 1 their decoder steps can share engine calls (StepBatcher)
+    workers: int = 1  # streams served at once; above 1 one loop batches their engine calls (serving/engine_loop.py)
 
     def validate(self) -> "SchedulerOptions":
         for name in ("max_streams", "workers"):
@@ -132,8 +134,10 @@ class StreamScheduler:
             return handle
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._run, name=f"edge-asr-worker-{i}", daemon=True)
-                         for i in range(self.options.workers)]
+        if self.options.workers > 1:  # one loop batches the engine calls of `workers` streams at a time
+            self._threads = [threading.Thread(target=self._run_loop, name="edge-asr-engine-loop", daemon=True)]
+        else:
+            self._threads = [threading.Thread(target=self._run, name="edge-asr-worker", daemon=True)]
         for thread in self._threads:
             thread.start()
 
@@ -238,11 +242,56 @@ class StreamScheduler:
             if last:
                 events += handle.recognizer.flush()
         except Exception as err:  # one utterance's failure must not end the other streams, nor this one
-            error = f"transcription failed, the current utterance is lost: {err}"
+            error = err
+        self._end_turn(handle, chunk, last, events, error, time.perf_counter() - started)
+
+    def _run_loop(self) -> None:
+        """Serves up to `workers` streams at once from this one thread: their turns are generators of engine
+        calls, which an EngineLoop runs together (encoder windows batched, decoder steps pooled)."""
+        loop: EngineLoop | None = None  # on the recognizers' engine, once the first stream has one
+        active: list[tuple[Job, StreamHandle, np.ndarray, bool]] = []
+        while True:
+            with self._work:
+                while len(active) < self.options.workers and (handle := self._next_turn()) is not None:
+                    chunk, waited = self._take(handle)
+                    handle.in_turn = True
+                    last = handle.finishing and not handle.queue
+                    steps = self._turn_steps(handle, chunk, waited <= self.options.shed_after_s, last)
+                    active.append((Job(steps), handle, chunk, last))
+                    loop = loop or EngineLoop(handle.recognizer.engine)
+                if not active:
+                    if self._stopping and not self._streams:
+                        return
+                    self._work.wait(0.5)
+                    continue
+            started = time.perf_counter()
+            loop.round([job for job, *_ in active])
+            with self._work:
+                self._busy += time.perf_counter() - started
+            for job, handle, chunk, last in [turn for turn in active if turn[0].done]:
+                self._end_turn(handle, chunk, last, job.result or [], job.error, 0.0)
+            active = [turn for turn in active if not turn[0].done]
+
+    @staticmethod
+    def _turn_steps(handle: StreamHandle, chunk: np.ndarray, partials: bool, last: bool):
+        """A turn as a generator of engine calls (decoding/calls.py): the chunk pushed, the stream flushed if done."""
+        events = []
+        if len(chunk):
+            events = yield from handle.recognizer.push_steps(chunk, partials=partials)
+        if last:
+            events += yield from handle.recognizer.flush_steps()
+        return events
+
+    def _end_turn(self, handle: StreamHandle, chunk: np.ndarray, last: bool, events: list[StreamEvent],
+                  error: BaseException | None, busy_s: float) -> None:
+        """After a turn: the stats, the stream released when it ended, its events or error to the client."""
+        message = None
+        if error is not None:  # one utterance's failure must not end the other streams, nor this one
+            message = f"transcription failed, the current utterance is lost: {error}"
             handle.vad.reset()
             handle.recognizer = self._recognizer(handle.vad)
         with self._work:
-            self._busy += time.perf_counter() - started
+            self._busy += busy_s
             self._audio += len(chunk) / SAMPLE_RATE
             self._finals += sum(e.type == "final" for e in events)
             self._errors += error is not None
@@ -253,8 +302,8 @@ class StreamScheduler:
             self._work.notify_all()  # the stream may have more audio for another worker
         if aborted:
             return
-        if error is not None:
-            _deliver(handle.on_error, error)
+        if message is not None:
+            _deliver(handle.on_error, message)
         if events:
             _deliver(handle.on_events, events)
         if last:
@@ -269,25 +318,16 @@ def _deliver(callback, *args) -> None:
         print(f"edge-asr: a stream's callback failed: {err}", file=sys.stderr)
 
 
-POOLED_BACKENDS = ("onnxruntime", "torch")  # engines with decoder pools (engines/base.py)
-
-
 def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> StreamScheduler:
     """The scheduler `edge-asr serve` runs, from its validated options and the model options of `args`."""
     from edge_asr.runtime.bundle import load_bundle
-    from edge_asr.runtime.serving.step_batcher import StepBatcher
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
     bundle = load_bundle(Path(bundle))
-    if options.workers > 1 and bundle.target.backend not in POOLED_BACKENDS:
-        raise EdgeAsrError(f"--workers above 1 pools the decoder steps of several streams, which only "
-                           f"{' and '.join(POOLED_BACKENDS)} bundles can do; serve this {bundle.target.backend} bundle "
-                           "with --workers 1.")
     vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
-    engine = StepBatcher(timed) if options.workers > 1 else timed
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
-    return StreamScheduler(partial(StreamRecognizer, engine, transcriber.tokenizer,
+    return StreamScheduler(partial(StreamRecognizer, timed, transcriber.tokenizer,
                                    transcribe_options=decoding, options=streaming), vads, options, timed)

@@ -79,8 +79,8 @@ def add_serve_parser(commands, add_model_arguments: Callable, add_stream_options
     sv.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="S",
                     help="a client silent this long is closed (default: %(default)s)")
     sv.add_argument("--workers", type=int, default=SchedulerOptions().workers, metavar="N",
-                    help="1: one utterance at a time; N: up to N streams in a turn at once, their decoder steps "
-                    "batched into shared engine calls (pays on a GPU; on a 2-core CPU 1 served more streams) "
+                    help="1: one utterance at a time; N: up to N streams' turns at once in one engine loop, "
+                    "their encoder windows and decoder steps batched into shared engine calls (README: Serve) "
                     "(default: %(default)s)")
     add_model_arguments(sv)
     add_stream_options(sv)
@@ -98,8 +98,8 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
 
     try:
         options = serve_options(args).validate()
-        # Several workers put several streams in a turn at once, so that their decoder steps meet in the
-        # StepBatcher; one serves one utterance at a time, on the engine itself.
+        # Several workers put several streams' turns into one engine loop, which batches their encoder
+        # windows and decoder steps; one serves one utterance at a time, on the engine itself.
         scheduling = SchedulerOptions(max_streams=args.max_streams,
                                       workers=min(args.workers, args.max_streams)).validate()
         streaming = stream_options(args).validate()

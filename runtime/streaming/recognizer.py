@@ -16,10 +16,11 @@ from typing import Literal
 import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE
-from edge_asr.runtime.decoding.decode import decode_window
+from edge_asr.runtime.decoding.calls import Encode, Steps, run_sync
+from edge_asr.runtime.decoding.decode import decode_window_steps
 from edge_asr.runtime.decoding.options import TranscribeOptions, require
 from edge_asr.runtime.decoding.repetition import token_cap
-from edge_asr.runtime.decoding.transcribe import window_mel, has_words, transcribe
+from edge_asr.runtime.decoding.transcribe import has_words, transcribe_windows, window_mel
 from edge_asr.runtime.engines.base import Engine
 from edge_asr.runtime.host_memory import host_buffer
 from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, LogMelFrontend
@@ -93,18 +94,26 @@ class StreamRecognizer:
     def push(self, samples: np.ndarray, partials: bool = True) -> list[StreamEvent]:
         """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete.
         partials=False skips a partial that is due (a scheduler behind real time sheds them)."""
-        self.mel.push(samples)
-        events = self._handle(self.segmenter.push(samples))
-        if partials:
-            events.extend(self._partial())
-        return events
+        return run_sync(self.push_steps(samples, partials), self.engine)
 
     def flush(self) -> list[StreamEvent]:
         """End of the stream: what is buffered becomes final; nothing heard is lost."""
-        self.mel.flush(padding=N_FFT)  # the last frames see zeros after the audio, as offline
-        return self._handle(self.segmenter.flush())
+        return run_sync(self.flush_steps(), self.engine)
 
-    def _handle(self, utterance_events: list[UtteranceEvent]) -> list[StreamEvent]:
+    def push_steps(self, samples: np.ndarray, partials: bool = True) -> Steps[list[StreamEvent]]:
+        """push as a generator of engine calls (decoding/calls.py), for a loop that batches many streams."""
+        self.mel.push(samples)
+        events = yield from self._handle(self.segmenter.push(samples))
+        if partials:
+            events.extend((yield from self._partial()))
+        return events
+
+    def flush_steps(self) -> Steps[list[StreamEvent]]:
+        """flush as a generator of engine calls."""
+        self.mel.flush(padding=N_FFT)  # the last frames see zeros after the audio, as offline
+        return (yield from self._handle(self.segmenter.flush()))
+
+    def _handle(self, utterance_events: list[UtteranceEvent]) -> Steps[list[StreamEvent]]:
         events = []
         for event in utterance_events:
             if event.kind == "start":
@@ -112,17 +121,18 @@ class StreamRecognizer:
                 self._candidate, self._partials_shown = None, False
                 self._next_partial = event.start + self._partial_samples()
             elif event.kind == "pause":
-                self._candidate = _Candidate(event.start, event.end, self._final_text(event.start, event.end))
+                text = yield from self._final_text(event.start, event.end)
+                self._candidate = _Candidate(event.start, event.end, text)
             else:
-                events.extend(self._final(event))
+                events.extend((yield from self._final(event)))
         return events
 
-    def _final(self, event: UtteranceEvent) -> list[StreamEvent]:
+    def _final(self, event: UtteranceEvent) -> Steps[list[StreamEvent]]:
         candidate = self._candidate
         if candidate is not None and (candidate.start, candidate.end) == (event.start, event.end):
             text = candidate.text
         else:
-            text = self._final_text(event.start, event.end)
+            text = yield from self._final_text(event.start, event.end)
         self._candidate = None
         if not text and not self._partials_shown:
             return []  # noise the VAD took for speech: nothing was shown, nothing to close
@@ -135,13 +145,13 @@ class StreamRecognizer:
         interval = self.options.partial_interval_s
         return round(interval * SAMPLE_RATE) if interval > 0 else np.iinfo(np.int64).max
 
-    def _partial(self) -> list[StreamEvent]:
+    def _partial(self) -> Steps[list[StreamEvent]]:
         start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
         # Not once speech has stopped: the decoding at the pause is due soon, and a partial would delay it.
         if start is None or self.segmenter.silent_for > 0 or now < self._next_partial:
             return []
         self._next_partial = now + self._partial_samples()
-        stable, unstable = self.agreement.update(self._partial_text(start, now))
+        stable, unstable = self.agreement.update((yield from self._partial_text(start, now)))
         self._partials_shown = True
         return [StreamEvent("partial", start / SAMPLE_RATE, now / SAMPLE_RATE, stable, unstable)]
 
@@ -161,22 +171,22 @@ class StreamRecognizer:
         self._prompt_text = kept or None
         self._prompt_tokens = self.tokenizer.encode(" " + self._prompt_text) if self._prompt_text else []
 
-    def _final_text(self, start: int, end: int) -> str:
+    def _final_text(self, start: int, end: int) -> Steps[str]:
         """The offline decoding (fallback, silence and loop checks) of one utterance."""
         content, window_frames = self._frames(start, end)
         # The window is decided above: the utterance fills it, padded to its length ("full").
         options = replace(self.transcribe_options, window_frames=window_frames, encoder_context="full",
                           initial_prompt=self._prompt_text)
-        windows = transcribe(self.engine, self.tokenizer, content, options, window_buffer=self._window)
+        windows = yield from transcribe_windows(self.engine, self.tokenizer, content, options, window_buffer=self._window)
         return " ".join(segment.text.strip() for window in windows for segment in window.segments).strip()
 
-    def _partial_text(self, start: int, end: int) -> str:
+    def _partial_text(self, start: int, end: int) -> Steps[str]:
         """A quick guess: one greedy pass without timestamps, no fallback."""
         content, window_frames = self._frames(start, end)
         options = self.transcribe_options
         cap = token_cap(content.shape[1] / 100, options.max_tokens_per_second)
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
         padding = padding_value(options.window_policy, content)  # the window is normalised over its own peak
-        audio = self.engine.encode(window_mel(content, window_frames, self._window, padding))
-        (result,) = decode_window(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
+        audio = yield Encode(window_mel(content, window_frames, self._window, padding))
+        (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
         return result.text if has_words(result.text) else ""
