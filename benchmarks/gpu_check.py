@@ -15,7 +15,7 @@ from them, the Silero VAD model and the developer clips. ``run`` rebuilds the bu
 - curve: a decoder step through the pool at batch 1 to 64, replayed CUDA graphs against eager calls, and
   the encoder on 30 s and 10 s windows at batch 1 to 16 (CUDA events);
 - load: `edge-asr loadtest --find-max` against `edge-asr serve` on the GPU bundle, one utterance at a time
-  (--workers 1) against decoder steps batched (--workers 64).
+  (--workers 1) against the engine loop batching up to 64 streams' calls (--workers 64).
 Figures print as they come and land in OUT/gpu_check.json.
 """
 from __future__ import annotations
@@ -181,10 +181,10 @@ def batch_curve(bundle: Path) -> dict:
     return curve
 
 
-def load_tests(bundle: Path, clips: Path, vad: Path, out: Path, max_streams: int) -> dict:
-    """`edge-asr loadtest --find-max` against the GPU bundle, unbatched and batched."""
+def load_tests(bundle: Path, clips: Path, vad: Path, out: Path, max_streams: int, workers_list: list[int]) -> dict:
+    """`edge-asr loadtest --find-max` against the GPU bundle, for each --workers (1: unbatched)."""
     results = {}
-    for workers in (1, max_streams):
+    for workers in workers_list:
         report = out / f"loadtest-w{workers}.json"
         command = [sys.executable, "-m", "edge_asr.runtime.cli", "loadtest", "--bundle", str(bundle), "--input",
                    str(clips), "--find-max", "--max-streams-to-try", str(max_streams), "--seconds", "12",
@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     run.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-check-out")))
     run.add_argument("--parts", default=",".join(PARTS))
     run.add_argument("--max-streams", type=int, default=64)
+    run.add_argument("--workers", default="1,64", help="the load tests' --workers, comma-separated (default: 1,64)")
     args = parser.parse_args(argv)
     if args.command == "pack":
         pack(args.dir)
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
             results[part] = batch_curve(bundle)
         elif part == "load":
             results[part] = load_tests(bundle, args.dir / "clips", args.dir / "silero_vad.onnx", args.out,
-                                       args.max_streams)
+                                       args.max_streams, [int(w) for w in args.workers.split(",")])
         print(f"== {part} took {time.monotonic() - started:.0f} s", flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
     shutil.rmtree(bundle)  # 75 MB: not worth bringing back
