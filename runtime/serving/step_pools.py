@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Slots a pool is made with. A full pool is never grown (growing would move live rows under decodings that
-# may be reordering them): another pool is opened.
+# Slots a pool is made with, unless the engine says (``pool_rows``). A full pool is never grown (growing would
+# move live rows under decodings that may be reordering them): another pool is opened.
 POOL_ROWS = 16
+# Empty pools kept for the next decodings: making a pool costs its memory and, on a GPU, recording its graphs.
+IDLE_POOLS = 2
 
 
 @dataclass
@@ -105,8 +107,8 @@ class Batch:
 class StepPools:
     """Every pool of one engine, and the decodings in them."""
 
-    def __init__(self, engine, capacity: int = POOL_ROWS):
-        self.engine, self.capacity = engine, capacity
+    def __init__(self, engine, capacity: int | None = None):
+        self.engine, self.capacity = engine, capacity or getattr(engine, "pool_rows", POOL_ROWS)
         self.pools: list[Pool] = []
         self._gone: list[tuple[Pool, int, Member]] = []  # noted by finalizers, forgotten at the next look
         self._gone_lock = threading.Lock()
@@ -133,14 +135,15 @@ class StepPools:
         self.rows_asked += sum(m.rows for m in batch.waiting)
 
     def forget_gone(self) -> None:
-        """Frees the slots of the decodings that left, and closes pools left empty."""
+        """Frees the slots of the decodings that left, and closes the pools left empty beyond IDLE_POOLS."""
         with self._gone_lock:
             gone, self._gone = self._gone, []
         for pool, key, member in gone:
             if pool.members.get(key) is member:
                 del pool.members[key]
                 del pool.caches[key]
-        self.pools = [p for p in self.pools if p.members or p.running]
+        idle = [p for p in self.pools if not p.members and not p.running]
+        self.pools = [p for p in self.pools if p.members or p.running or p in idle[:IDLE_POOLS]]
 
     def _find(self, cache, audio) -> tuple[Pool, Member] | None:
         key = self.engine.pool_key(audio)
