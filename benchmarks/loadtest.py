@@ -58,6 +58,7 @@ DRAIN_TIMEOUT_S = 60.0  # after that, a stream that never got `closed` is given 
 OPEN_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 900.0  # the first use of a --model compiles it
 STOP_TIMEOUT_S = 10.0
+WARM_UP_S = 6.0
 
 
 class LoadtestError(EdgeAsrError):
@@ -73,6 +74,10 @@ def run(args) -> int:
         raise LoadtestError(f"--seconds must be above 0, got {args.seconds}.")
     most = args.max_streams_to_try if args.find_max else args.streams
     with _server(args, most) as url:
+        # A fresh server's first calls pay for loading kernels (and, on a GPU, recording graphs): not a load.
+        print(f"loadtest: warming the server up with one stream of {WARM_UP_S:g} s (not measured)", file=sys.stderr)
+        play_trial(url, args.token, stream_plan(clips, 1, WARM_UP_S), args.chunk_ms * SAMPLE_RATE // 1000)
+
         def measure(count: int) -> dict:
             before, started = scrape_engine(url, args.token), time.monotonic()
             streams = play_trial(url, args.token, stream_plan(clips, count, args.seconds),
