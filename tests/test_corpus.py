@@ -36,7 +36,7 @@ class ToneTts:
 
 @pytest.fixture
 def tone_voice(monkeypatch):
-    monkeypatch.setattr(corpus, "load_voices", lambda names, seed, log: [ToneTts()])
+    monkeypatch.setattr(corpus, "load_voices", lambda names, seed, log, split: [ToneTts()])
 
 
 @pytest.fixture
@@ -95,13 +95,83 @@ def test_each_festival_voice_reads():
     if not voices.FestivalTts.installed():
         pytest.skip(f"needs the festival voices: {INSTALL['festival']}")
     tts = voices.FestivalTts()
-    if tts.voices != list(voices.FESTIVAL_VOICES):
-        pytest.skip(f"needs both festival voices: {INSTALL['festival']}")
+    installed = tts.voices + voices.FestivalTts("heldout").voices
+    if sorted(installed) != sorted(voices.FESTIVAL_VOICES):
+        pytest.skip(f"needs every festival voice: {INSTALL['festival']}")
     for name in voices.FESTIVAL_VOICES:
         tts.voices = [name]
         reading = tts.read("The cat sat on the mat.", np.random.default_rng(0))
         assert reading.voice == name and 0.8 < len(reading.audio) / SAMPLE_RATE < 4.0
         assert (reading.pitch is None) == (name == "cmu_us_slt_arctic_hts")
+
+
+def test_held_out_voices_never_read_for_training():
+    for source, held in voices.HELD_OUT_VOICES.items():
+        every = list(voices.FESTIVAL_VOICES) if source == "festival" else list(voices.FLITE_VOICES)
+        assert set(voices.split_voices(source, every, "heldout")) == set(held)
+        assert not set(voices.split_voices(source, every, "train")) & set(held)
+    with pytest.raises(EdgeAsrError, match="voice split"):
+        voices.split_voices("flite", ["rms"], "tune")
+
+
+def test_sentence_splits_are_disjoint_and_fixed_and_mix_in_commands_and_everyday_sentences():
+    from edge_asr.models.sentences import mixed_texts, sentence_split
+
+    texts = {split: mixed_texts(120, seed=0, split=split) for split in ("train", "tune", "heldout")}
+    for split, chosen in texts.items():
+        assert chosen and all(sentence_split(text) == split for text in chosen)
+    assert not set(texts["train"]) & (set(texts["tune"]) | set(texts["heldout"]))
+    assert mixed_texts(120, seed=0, split="tune") == texts["tune"]  # a pure function of the seed
+    assert mixed_texts(130, seed=0, split="tune")[:len(texts["tune"])] == texts["tune"]  # more extends it
+    short = [t for t in texts["train"] if len(t.split()) <= 3]
+    digits = [t for t in texts["train"] if any(c.isdigit() for c in t)]
+    assert len(short) > 5 and len(digits) > 5  # commands and names; numbers, times and money
+
+
+def test_nonspeech_kinds_have_their_length_and_no_clipping():
+    from edge_asr.models.nonspeech import KINDS, nonspeech
+
+    for kind in KINDS:
+        audio, made = nonspeech(np.random.default_rng(1), kind, seconds=1.5)
+        assert made == kind and audio.dtype == np.float32 and len(audio) == 24000
+        assert 0 < np.abs(audio).max() <= 10 ** (-1 / 20) + 1e-6, kind
+    lengths = [len(nonspeech(np.random.default_rng(i))[0]) / SAMPLE_RATE for i in range(40)]
+    assert min(lengths) >= 0.5 and max(lengths) <= 30 and np.median(lengths) < 8  # more short than long
+
+
+def test_room_band_and_codec_keep_the_length_and_change_the_sound():
+    from edge_asr.models.augment import CODECS, band_limit, codec_round_trip, reverberate
+
+    rng = np.random.default_rng(2)
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    wet = reverberate(audio, 0.5, rng)
+    assert len(wet) == len(audio) and np.corrcoef(wet, audio)[0, 1] > 0.5 and not np.allclose(wet, audio)
+    phone = band_limit(audio, "telephone", rng)
+    spectrum = np.abs(np.fft.rfft(phone))
+    assert len(phone) == len(audio) and spectrum[6000] < 0.01 * spectrum[440]  # 6 kHz gone, 440 Hz kept
+    for codec in CODECS:
+        decoded = codec_round_trip(audio, codec, 0.9)
+        assert len(decoded) == len(audio) and np.corrcoef(decoded, audio)[0, 1] > 0.9
+
+
+def test_augmented_examples_record_their_effects():
+    effects = set()
+    for seed in range(30):
+        effects.update(augment(np.ones(16000, np.float32) * 0.1, np.random.default_rng(seed), AugmentOptions()).effects)
+    assert {"reverb", "telephone", "cheap-mic"} <= effects and effects & {"mp3", "vorbis"}
+
+
+def test_real_speech_of_a_split_from_the_asterisk_prompts():
+    from edge_asr.models.real_speech import ASTERISK_SOUNDS, asterisk_clips
+
+    if not ASTERISK_SOUNDS.is_dir():
+        pytest.skip("needs the Asterisk prompts: apt-get install asterisk-core-sounds-en-wav")
+    splits = {split: asterisk_clips(split) for split in ("train", "tune", "heldout")}
+    names = [set(c.name for c in clips) for clips in splits.values()]
+    assert all(names) and not (names[0] & names[1]) and not (names[0] & names[2])
+    assert sum(len(n) for n in names) == len(asterisk_clips())
+    assert any(c.reference == "" for c in asterisk_clips())  # "[this is a simple beep tone]": no words
 
 
 def test_speed_perturbation_scales_the_length():
@@ -221,7 +291,7 @@ def test_folder_audio_with_and_without_references(tmp_path):
 
 
 def test_errors_are_one_sentence(tmp_path, monkeypatch, tone_voice, sentence_file):
-    for engine in (voices.EspeakTts, voices.PiperTts):
+    for engine in (voices.EspeakTts, voices.PiperTts, voices.FliteTts):
         monkeypatch.setattr(engine, "installed", staticmethod(lambda: False))
     with pytest.raises(EdgeAsrError) as err:
         load_voices(("espeak-ng",), 0, print)
@@ -233,7 +303,7 @@ def test_errors_are_one_sentence(tmp_path, monkeypatch, tone_voice, sentence_fil
         skipped = []
         assert [v.source for v in load_voices(None, 0, skipped.append)] == ["festival"]
         assert [line.split(",")[0] for line in skipped] == [
-            "corpus: skipping the piper voice", "corpus: skipping the espeak-ng voice"]
+            "corpus: skipping the piper voice", "corpus: skipping the espeak-ng voice", "corpus: skipping the flite voice"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgeAsrError) as err:
         build_corpus(tmp_path / "out", CorpusOptions(sentences=0, folder=tmp_path / "empty"), lambda audio: "")
@@ -276,8 +346,12 @@ def test_cli_builds_and_refuses(tmp_path, sentence_file, capsys):
     printed = capsys.readouterr()
     assert "2 examples" in printed.out and "espeak-ng" in printed.out and "2/2 examples" in printed.err
     assert all(e.snr_db is not None and e.pitch is not None for e in read_manifest(out))
-    assert main(["corpus", "--out", str(out), "--voices", "espeak-ng,flite"]) == 1
-    assert "unknown voice flite" in capsys.readouterr().err
+    assert main(["corpus", "--out", str(out), "--voices", "espeak-ng,mimic3"]) == 1
+    assert "unknown voice mimic3" in capsys.readouterr().err
+    sounds = tmp_path / "sounds"
+    assert main(["corpus", "--out", str(sounds), "--sentences", "0", "--nonspeech", "3", "--split", "tune"]) == 0
+    entries = read_manifest(sounds)
+    assert [e.source for e in entries] == ["nonspeech"] * 3 and all("-tune-" in e.id and e.text == "" for e in entries)
 
 
 def test_cli_teacher_labels_a_folder(tmp_path, tiny_bundle, jfk_wav, capsys):
