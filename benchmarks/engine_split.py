@@ -44,7 +44,7 @@ def scrape_engine(ws_url: str, token: str | None) -> dict[str, dict[str, float]]
 
 def engine_split(before: dict | None, after: dict | None, wall_s: float) -> dict | None:
     """The trial's share of engine time by kind, the engine's busy share of the wall time, and the rows
-    a decoder step carried; None when either scrape failed."""
+    a decoder step and an encoder call carried; None when either scrape failed."""
     if not before or not after or any(op not in before or op not in after for op in ENGINE_OPS):
         return None
     delta = {op: {k: after[op][k] - before[op].get(k, 0.0) for k in after[op]} for op in ENGINE_OPS}
@@ -57,5 +57,6 @@ def engine_split(before: dict | None, after: dict | None, wall_s: float) -> dict
         "share": {op: d["seconds"] / total if total > 0 else None for op, d in delta.items()},
         "busy": total / wall_s if wall_s > 0 else None,
         "rows_per_step": steps["rows"] / steps["calls"] if steps["calls"] else None,
+        "rows_per_encode": delta["encode"]["rows"] / delta["encode"]["calls"] if delta["encode"]["calls"] else None,
         "ms_per_step_row": 1000 * steps["seconds"] / steps["rows"] if steps["rows"] else None,
     }

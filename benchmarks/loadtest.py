@@ -444,6 +444,7 @@ TRIAL_COLUMNS: list[Column] = [
     ("encode/prompt/step %", lambda t: _engine(t, lambda e: "/".join(_num(e["share"][op], ".0f", 100.0)
                                                                  for op in ENGINE_OPS))),
     ("rows a step", lambda t: _engine(t, lambda e: _num(e["rows_per_step"], ".2f"))),
+    ("windows an encode", lambda t: _engine(t, lambda e: _num(e.get("rows_per_encode"), ".2f"))),
     ("ms a step row", lambda t: _engine(t, lambda e: _num(e["ms_per_step_row"], ".2f"))),
     ("passes", lambda t: "yes" if t["passes"] else "no"),
 ]

@@ -112,7 +112,7 @@ class StepPools:
         self.pools: list[Pool] = []
         self._gone: list[tuple[Pool, int, Member]] = []  # noted by finalizers, forgotten at the next look
         self._gone_lock = threading.Lock()
-        self.steps = self.rows_stepped = self.rows_asked = 0  # engine calls, rows computed, rows asked for
+        self.steps = self.rows_asked = 0  # engine calls, and the rows that asked for them
 
     def ask(self, cache, audio, tokens: np.ndarray, offsets: np.ndarray, can_admit=lambda pool: True
             ) -> tuple[Pool, Member] | None:
@@ -131,7 +131,6 @@ class StepPools:
         for member in batch.waiting:
             member.next_offsets, member.step = member.step.offsets + 1, None
         self.steps += 1
-        self.rows_stepped += len(batch.tokens)
         self.rows_asked += sum(m.rows for m in batch.waiting)
 
     def forget_gone(self) -> None:
