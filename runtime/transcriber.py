@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,26 +34,31 @@ class Transcriber:
         self.frontend = LogMelFrontend(dims.n_mels)
 
     def options(self, **overrides) -> TranscribeOptions:
-        """Options for this bundle: its own suppressed tokens unless overridden, and its model's window
-        policy, from which each window's length follows (runtime/windows.py)."""
+        """Options for this bundle: ``overrides`` with the model's own facts where they leave them unset."""
+        return self.with_model_facts(TranscribeOptions(**overrides)).validate()
+
+    def with_model_facts(self, options: TranscribeOptions) -> TranscribeOptions:
+        """``options`` with what they leave to the model (None) taken from the bundle: its suppressed tokens
+        and its window policy, from which each window's length follows (runtime/windows.py). Options made
+        without the bundle (``TranscribeOptions(beam_size=5)``) so keep a student's audio-length windows."""
         suppress = self.bundle.suppress_tokens
-        if suppress is not None and "suppress_tokens" not in overrides:
-            overrides["suppress_tokens"] = tuple(suppress)
-        overrides.setdefault("window_policy", self.bundle.window_policy)
-        options = TranscribeOptions(**overrides)
-        options.validate()
-        return options
+        return replace(
+            options,
+            suppress_tokens=options.suppress_tokens if options.suppress_tokens is not None or suppress is None
+            else tuple(suppress),
+            window_policy=options.window_policy or self.bundle.window_policy,
+        )
 
     def windows(self, audio: np.ndarray, options: TranscribeOptions) -> Iterator[WindowResult]:
         """Decoded windows (up to 30 s each) as they complete, for progress and for keeping partial work."""
         # openai's log_mel_spectrogram(padding=N_SAMPLES): the 30 s of zeros after the audio are part
         # of the loudness normalisation the model was trained with; their frames are not decoded.
         mel = self.frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH]
-        yield from transcribe(self.engine, self.tokenizer, mel, options)
+        yield from transcribe(self.engine, self.tokenizer, mel, self.with_model_facts(options))
 
     def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:
         audio = _samples(source) if isinstance(source, np.ndarray) else load_audio(source)
-        options = options or self.options()
+        options = self.with_model_facts(options or TranscribeOptions())
         name = str(source) if not isinstance(source, np.ndarray) else "<array>"
         transcript = Transcript(file=name, language=options.language or "", duration=len(audio) / SAMPLE_RATE)
         for window in self.windows(audio, options):

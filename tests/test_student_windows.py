@@ -238,6 +238,25 @@ def test_student_bundle_runs_its_engine_on_the_short_window(student_bundle, tok)
     assert windows and all(440 <= frames <= 470 for frames in windows), windows
 
 
+def test_options_made_without_the_bundle_keep_the_models_facts(student_bundle):
+    """TranscribeOptions(beam_size=2) leaves the window policy and the suppressed tokens to the model: a student
+    keeps its audio-length windows (it once fell back to stock 30 s windows and the generic token list)."""
+    from edge_asr.runtime.decoding.options import TranscribeOptions
+    from edge_asr.runtime.transcriber import Transcriber
+
+    transcriber = Transcriber(student_bundle, threads=1)
+    transcriber.engine = engine = Recording(transcriber.engine)
+    audio = np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32)
+    transcriber.transcribe(audio, TranscribeOptions(beam_size=2, temperatures=(0.0,)))
+    assert engine.windows == [400]
+    filled = transcriber.with_model_facts(TranscribeOptions(beam_size=2))
+    assert filled.window_policy == STUDENT and filled.beam_size == 2
+    assert filled.suppress_tokens == (tuple(transcriber.bundle.suppress_tokens) if transcriber.bundle.suppress_tokens
+                                      else None)
+    mine = transcriber.with_model_facts(TranscribeOptions(suppress_tokens=(5,), window_policy=STOCK))
+    assert (mine.suppress_tokens, mine.window_policy) == ((5,), STOCK)  # what the user sets stays
+
+
 def test_transcribe_cli_takes_the_encoder_context(student_bundle, jfk_wav):
     for context in ("utterance", "full"):
         done = run_cli("transcribe", "--no-progress", "--bundle", student_bundle, "--encoder-context", context, jfk_wav)

@@ -117,7 +117,8 @@ def build_logit_filters(tokenizer: WhisperTokenizer, options: DecodingOptions) -
     filters: list[LogitFilter] = []
     if options.suppress_blank:
         filters.append(SuppressBlank(tokenizer))
-    filters.append(SuppressTokens(suppressed_token_ids(tokenizer, options.suppress_tokens)))
+    suppress = (-1,) if options.suppress_tokens is None else options.suppress_tokens
+    filters.append(SuppressTokens(suppressed_token_ids(tokenizer, suppress)))
     if not options.without_timestamps:
         max_initial = options.max_initial_timestamp
         max_index = None if max_initial is None else round(max_initial / TIMESTAMP_SECONDS)

@@ -26,7 +26,9 @@ class DecodingOptions:
     patience: float = 1.0  # beam search stops after beam_size * patience finished candidates (arxiv:2204.05424)
     length_penalty: float | None = None  # None: rank candidates by logprob / length; alpha: Google NMT's penalty
     sample_len: int | None = None  # most tokens sampled per window; None: half the text context (224)
-    suppress_tokens: tuple[int, ...] = (-1,)  # token ids never sampled; -1 stands for the non-speech symbols
+    # Token ids never sampled; -1 stands for the non-speech symbols. None: the model's own list (a fact of the
+    # model that a loaded bundle fills in, runtime/transcriber.py), or -1 alone for a model without one.
+    suppress_tokens: tuple[int, ...] | None = None
     suppress_blank: bool = True  # no blank or <|endoftext|> as the first sampled token
     without_timestamps: bool = False  # text only (<|notimestamps|>); no segment times inside a window
     max_initial_timestamp: float | None = 1.0  # seconds: the latest time the first timestamp may state
@@ -56,7 +58,7 @@ class DecodingOptions:
             f"sample_len must be None or at least 1, not {self.sample_len}.",
         )
         require(
-            all(isinstance(t, int) and t >= -1 for t in self.suppress_tokens),
+            self.suppress_tokens is None or all(isinstance(t, int) and t >= -1 for t in self.suppress_tokens),
             f"suppress_tokens must be token ids or -1 (the non-speech symbols), not {self.suppress_tokens}.",
         )
         require(
@@ -87,11 +89,16 @@ class TranscribeOptions(DecodingOptions):
     max_tokens_per_second: float | None = 10.0
     seed: int = 0  # seeds the sampling at temperature > 0, so runs are reproducible
     window_frames: int = 3000  # Mel frames per window at most (100 a second)
-    # How long each encoder window is (runtime/windows.py): the model's policy, which Transcriber.options()
-    # takes from the bundle, and the user's choice: "full" pads every window to window_frames,
-    # "utterance" encodes its audio plus the model's margin, None is the model's own choice.
-    window_policy: WindowPolicy = WindowPolicy()
+    # How long each encoder window is (runtime/windows.py): the model's policy, a fact of the model that a
+    # loaded bundle fills in when None (stock Whisper's 30 s windows for a model that does not say), and the
+    # user's choice: "full" pads every window to window_frames, "utterance" encodes its audio plus the
+    # model's margin, None is the model's own choice.
+    window_policy: WindowPolicy | None = None
     encoder_context: str | None = None
+
+    @property
+    def policy(self) -> WindowPolicy:
+        return self.window_policy or WindowPolicy()
 
     def validate(self) -> "TranscribeOptions":
         super().validate()
@@ -121,5 +128,5 @@ class TranscribeOptions(DecodingOptions):
             self.encoder_context is None or self.encoder_context in ENCODER_CONTEXTS,
             f"encoder_context must be None or one of {', '.join(ENCODER_CONTEXTS)}, not {self.encoder_context!r}.",
         )
-        self.window_policy.validate()
+        self.policy.validate()
         return self

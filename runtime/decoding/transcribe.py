@@ -95,7 +95,7 @@ def transcribe_steps(
         tokens=tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else [],
     )
     language = _fixed_language(tokenizer, options)
-    padding = padding_value(options.window_policy, mel)
+    padding = padding_value(options.policy, mel)
     seek = 0
     while seek < content_frames:
         audio_frames = min(options.window_frames, content_frames - seek)
@@ -104,7 +104,7 @@ def transcribe_steps(
         if _is_flat(content):
             segments, consumed = [], audio_frames
         else:
-            frames = encoder_frames(audio_frames, options.window_policy, options.encoder_context, options.window_frames)
+            frames = encoder_frames(audio_frames, options.policy, options.encoder_context, options.window_frames)
             audio = yield Encode(window_mel(content, frames, window_buffer, padding))
             if language is None:
                 language = (yield from detect_language_steps(engine, tokenizer, audio))[0][0]

@@ -160,7 +160,7 @@ class StreamRecognizer:
         first = start // HOP_LENGTH
         stop = min(-(-end // HOP_LENGTH), self.mel.frames_done, first + N_FRAMES)
         content = self.mel.window(first, stop, out=self._content[:, : stop - first])
-        window = encoder_frames(stop - first, self.transcribe_options.window_policy, self.options.encoder_context,
+        window = encoder_frames(stop - first, self.transcribe_options.policy, self.options.encoder_context,
                                 N_FRAMES, self.options.min_context_s)
         return content, window
 
@@ -186,7 +186,7 @@ class StreamRecognizer:
         options = self.transcribe_options
         cap = token_cap(content.shape[1] / 100, options.max_tokens_per_second)
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
-        padding = padding_value(options.window_policy, content)  # the window is normalised over its own peak
+        padding = padding_value(options.policy, content)  # the window is normalised over its own peak
         audio = yield Encode(window_mel(content, window_frames, self._window, padding))
         (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
         return result.text if has_words(result.text) else ""
