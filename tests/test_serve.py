@@ -44,7 +44,7 @@ class FakeHandle:
         self.samples, self.finished, self.aborted = 0, False, False
 
     def push(self, samples: np.ndarray) -> bool:
-        if self.scheduler.full:
+        if self.scheduler.full or len(samples) > self.scheduler.queue_samples:  # never fits, as the real queue
             return False
         if len(samples) and samples[0] == POISON / 32768:
             self.scheduler.later(self.on_error, "transcription failed, the current utterance is lost: boom")
@@ -79,6 +79,7 @@ class FakeScheduler:
         self.handles: set[FakeHandle] = set()  # open
         self.opened: list[FakeHandle] = []
         self.full = False
+        self.queue_samples = 10 * 16000  # a stream's queue holds 10 s, as the scheduler's
         self.audio_seconds = 0.0
         self._calls: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._run, daemon=True)
@@ -279,6 +280,19 @@ def test_queue_full_too_long_closes_with_1013():
             messages = await until_closed(ws)
             assert messages[-1]["reason"].startswith("server overloaded") and ws.close_code == 1013
             assert scheduler.opened[0].aborted
+
+    asyncio.run(scenario())
+
+
+def test_a_message_longer_than_the_queue_goes_in_as_it_drains():
+    """11 s in one message (the JFK clip, within the 1 MiB limit) against a 10 s queue: all of it is heard."""
+    async def scenario():
+        async with one_client(backpressure_timeout_s=0.5) as (server, _, ws):
+            await ws.send(pcm(11 * 16000))
+            await ws.send(json.dumps({"type": "end"}))
+            messages = await until_closed(ws)
+            assert messages[0]["text"] == f"{11 * 16000} samples" and ws.close_code == 1000
+            assert not errors(server, "backpressure")
 
     asyncio.run(scenario())
 

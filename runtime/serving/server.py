@@ -31,6 +31,7 @@ from edge_asr.runtime.serving.serve_command import ServeOptions
 from edge_asr.runtime.streaming.events import StreamEvent
 
 RETRY_S = 0.02  # how often a full stream queue is tried again
+PIECE_SAMPLES = 16000  # a message goes into the stream's queue a second at a time
 
 
 class StreamServer:
@@ -163,20 +164,28 @@ class Session:
             self.outbox.put_nowait(protocol.error(str(err)))
 
     async def _push(self, samples: np.ndarray) -> None:
-        """While the stream's queue is full this socket is not read, so TCP slows the client down."""
+        """While the stream's queue is full this socket is not read, so TCP slows the client down. A message
+        goes into the queue a second at a time: one longer than the queue (up to --max-message-bytes, 32 s)
+        fits as the queue drains, rather than waiting for room it can never have."""
+        for start in range(0, len(samples), PIECE_SAMPLES):
+            if not await self._push_piece(samples[start : start + PIECE_SAMPLES]):
+                return
+
+    async def _push_piece(self, samples: np.ndarray) -> bool:
         deadline = self.loop.time() + self.options.backpressure_timeout_s
         while not self.handle.push(samples):
             if self.closing is not None:  # the server is shutting down: no more audio is taken
-                return
+                return False
             if self.loop.time() > deadline:
                 self.server.metrics.error("backpressure")
                 self._abort()
                 self.closing = Closing(protocol.TRY_AGAIN_LATER, "server overloaded: the audio queue stayed full "
                                        f"for {self.options.backpressure_timeout_s:g} s")
                 self.outbox.put_nowait(self.closing)
-                return
+                return False
             await asyncio.sleep(RETRY_S)
         self.clock.arrived(len(samples))
+        return True
 
     def _finish(self, closing: Closing) -> None:
         self.closing = closing
