@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import sys
 from pathlib import Path
 
@@ -202,9 +203,18 @@ def _train(args) -> int:
     return distill_command.run_distill(args) if args.command == "distill" else distill_command.run_finetune(args)
 
 
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (what kill, timeout, systemd and docker stop send, and a closed terminal) end
+    transcribe and stream the way Ctrl-C does: the text heard so far is printed or written first."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.default_int_handler)
+
+
 def _transcribe(args) -> int:
     from edge_asr.runtime.transcribe_files import transcribe_files
 
+    interrupt_on_termination()
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return transcribe_files(bundle, args)
 
@@ -215,6 +225,7 @@ def _stream(args) -> int:
     if args.list_devices:
         print("\n".join(microphone.list_input_devices()) or "No audio input devices.")
         return 0
+    interrupt_on_termination()
     bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
     return stream_command.stream(bundle, args)
 

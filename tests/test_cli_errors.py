@@ -131,3 +131,22 @@ def test_unwritable_output_is_one_sentence(tiny_bundle, tmp_path, jfk_wav):
     out = run_cli("transcribe", "--bundle", tiny_bundle, "--output", blocker, jfk_wav)
     assert out.returncode == 1
     assert "cannot write" in _one_sentence(out.stderr)
+
+
+def test_sigterm_and_sighup_end_transcribe_and_stream_as_ctrl_c_does():
+    """Both commands keep what was heard on Ctrl-C (tests of transcribe_files and the stream command): these
+    signals now take the same path, a KeyboardInterrupt in the main thread, rather than killing the process."""
+    import os
+    import signal
+
+    from edge_asr.runtime.cli import interrupt_on_termination
+
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP")}
+    try:
+        interrupt_on_termination()
+        for name in saved:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), getattr(signal, name))  # the handler runs before the next statement
+    finally:
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler)
