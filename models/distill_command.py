@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from edge_asr.runtime.cli_args import positive_int
+from edge_asr.runtime.cli_args import positive_int, thread_count
 from edge_asr.runtime.errors import EdgeAsrError
 
 STUDENT_FILE = "student.pt"
@@ -97,7 +97,7 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
                         help="build the corpora's example caches (the teacher's labels: the long part on a CPU) and stop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, help="CPU threads for PyTorch (default: all cores)")
 
 
 def run_distill(args) -> int:

@@ -13,7 +13,7 @@ from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
 from edge_asr.models import corpus_command
 from edge_asr.models.distill_command import add_train_parsers
 from edge_asr.runtime.bundle import PRECISIONS, TARGETS
-from edge_asr.runtime.cli_args import positive_int
+from edge_asr.runtime.cli_args import positive_int, thread_count
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
@@ -94,7 +94,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam", type=positive_int, default=1, metavar="N", help="beam size; 1 is greedy (default)")
     parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: all cores of this process)")
+    parser.add_argument("--threads", type=thread_count, metavar="N",
+                        help="CPU threads, at most twice the cores (default: all cores of this process)")
 
 
 def add_stream_parser(commands) -> None:

@@ -150,3 +150,12 @@ def test_sigterm_and_sighup_end_transcribe_and_stream_as_ctrl_c_does():
     finally:
         for name, handler in saved.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def test_threads_beyond_twice_the_cores_are_refused_in_one_sentence():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    done = run_cli("transcribe", "--threads", str(2 * cores + 1), "tests/data/jfk.wav")
+    assert done.returncode == 2 and f"more than this machine's {cores} cores can use" in done.stderr
+    assert "Traceback" not in done.stderr
