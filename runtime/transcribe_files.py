@@ -1,6 +1,7 @@
 """`edge-asr transcribe`: many files, one bundle; a bad file costs only itself, partial work is kept."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,37 @@ class Progress:
             print(file=sys.stderr)
 
 
+def output_names(files: list[Path], fmt: str) -> dict[Path, str]:
+    """Each input's output file name in --output: its stem and the format, numbered where stems repeat
+    (a/good.wav and b/good.wav write good.txt and good-2.txt), so no transcript overwrites another."""
+    names, used = {}, set()
+    for path in files:
+        name, number = f"{path.stem}.{fmt}", 1
+        while name in used:
+            number += 1
+            name = f"{path.stem}-{number}.{fmt}"
+        used.add(name)
+        names[path] = name
+    return names
+
+
+def check_output(directory: Path) -> None:
+    """--output must be a directory this process can write, checked before any audio is transcribed."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgeAsrError(f"cannot make the output directory {directory}: {err.strerror or err}.") from None
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise EdgeAsrError(f"the output directory {directory} is not a directory this user can write to.")
+
+
 def transcribe_files(bundle: Path, args) -> int:
+    if args.output is not None:
+        check_output(args.output)
+        args.output_names = output_names(args.files, args.format)
+        renamed = [f"{path} -> {name}" for path, name in args.output_names.items() if name != f"{path.stem}.{args.format}"]
+        if renamed:
+            print(f"edge-asr: inputs share a name; numbered outputs: {', '.join(renamed)}", file=sys.stderr)
     transcriber = Transcriber(bundle, threads=args.threads)
     options = transcriber.options(beam_size=args.beam, language=args.language, task=args.task,
                                   encoder_context=args.encoder_context)
@@ -82,9 +113,10 @@ def _emit(transcript: Transcript, args) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    target = args.output / f"{Path(transcript.file).stem}.{args.format}"
+    target = args.output / args.output_names[Path(transcript.file)]
     try:
-        args.output.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-    except OSError as err:
-        raise EdgeAsrError(f"cannot write {target}: {err.strerror or err}.") from None
+    except OSError as err:  # the text is not lost: it goes to stdout instead
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise EdgeAsrError(f"cannot write {target} ({err.strerror or err}): its text went to stdout instead.") from None

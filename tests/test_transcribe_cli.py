@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -123,3 +124,19 @@ def test_beam_search_transcribes_jfk_word_for_word(tiny_bundle, jfk_wav):
     out = run_cli("transcribe", "--bundle", tiny_bundle, "--beam", "5", "--no-progress", jfk_wav)
     assert out.returncode == 0, out.stderr
     assert normalise(out.stdout) == normalise(JFK_TEXT)
+
+
+def test_inputs_with_one_name_keep_both_outputs_and_a_bad_output_is_found_first(tiny_bundle, jfk_wav, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(jfk_wav, tmp_path / folder / "good.wav")
+    out = tmp_path / "out"
+    done = run_cli("transcribe", "--bundle", tiny_bundle, "--output", out, tmp_path / "a" / "good.wav",
+                   tmp_path / "b" / "good.wav")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good-2.txt", "good.txt"] and "numbered outputs" in done.stderr
+    assert all("ask not" in (out / name).read_text() for name in ("good.txt", "good-2.txt"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    refused = run_cli("transcribe", "--bundle", tiny_bundle, "--output", blocked, jfk_wav)
+    assert refused.returncode == 1 and "output directory" in refused.stderr and "Traceback" not in refused.stderr
