@@ -168,6 +168,7 @@ def _data(args, checkpoint, teacher, teacher_labels: bool):
     top-k when it has a share), and the evaluation sets (None when none was asked for)."""
     from edge_asr.benchmarks.clips import Clip, folder_clips, sphinx_clips
     from edge_asr.models.corpus import read_manifest
+    from edge_asr.models.real_speech import REAL_SETS
     from edge_asr.models.student_eval import StudentEvaluator
     from edge_asr.models.teacher_cache import (LabelledAudio, TeacherLabelling, cache_directory, cached_examples,
                                                joined)
@@ -186,8 +187,11 @@ def _data(args, checkpoint, teacher, teacher_labels: bool):
         directory = cache_directory(corpus_dir, checkpoint.source_sha256, k, teacher_labels)
         examples += cached_examples(entries, directory, tokenizer, teacher, k, checkpoint.dims.n_mels,
                                     log=lambda line: print(line, flush=True), labelling=labelling)
-    sets = {corpus_dir.name: [Clip(e.id, corpus_dir / e.audio, e.text) for e in read_manifest(corpus_dir)]
-            for corpus_dir in args.eval_corpus}
+    sets = {}
+    for corpus_dir in args.eval_corpus:  # a set per kind of clip: speech read by voices, real speech, non-speech
+        for entry in read_manifest(corpus_dir):
+            kind = "nonspeech" if not entry.text else "real" if entry.source in (*REAL_SETS, "folder") else "synthetic"
+            sets.setdefault(f"{corpus_dir.name}:{kind}", []).append(Clip(entry.id, corpus_dir / entry.audio, entry.text))
     if args.eval_folder is not None:  # a pocketsphinx test folder (a transcription file), or audio with references.tsv
         sets[args.eval_folder.name] = sphinx_clips(args.eval_folder) or folder_clips(args.eval_folder, None)
     if not sets:

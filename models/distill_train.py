@@ -165,7 +165,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         def mean(part: str) -> float:
-            return sum(float(getattr(loss, part)) for loss in losses) / len(losses)
+            return sum(float(torch.as_tensor(getattr(loss, part)).detach()) for loss in losses) / len(losses)
 
         return StepRecord(step + 1, mean("total"), mean("ce"), mean("kl"), temperature, learning_rate,
                           encoder=mean("encoder"))
