@@ -14,7 +14,7 @@ from edge_asr.runtime.errors import EdgeAsrError
 STUDENT_FILE = "student.pt"
 DELTA_DIR = "delta"
 # The recipe `edge-asr distill` runs by default, chosen on a tune corpus (README, "Distil and fine-tune").
-DISTILL_RECIPE = {"alpha": 0.0, "temperature": 1.0, "learning_rate": 1e-5, "steps": 1500, "encoder_weight": 1.0}
+DISTILL_RECIPE = {"alpha": 0.0, "temperature": 1.0, "learning_rate": 1e-5, "steps": 600, "encoder_weight": 1.0}
 ADAPTER_DIR = "adapter"  # beside the run's state, so the directory to ship holds the adapter alone
 REPORT_FILE = "report.json"
 

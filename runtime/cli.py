@@ -3,7 +3,9 @@ stage and the benchmark harness are imported lazily)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
 from edge_asr.models import corpus_command
 from edge_asr.models.distill_command import add_train_parsers
 from edge_asr.runtime.bundle import PRECISIONS, TARGETS
-from edge_asr.runtime.cli_args import positive_int, thread_count
+from edge_asr.runtime.cli_args import MAX_BEAM, beam_size, positive_int, thread_count
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.formats import FORMATS
@@ -91,7 +93,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="precision when compiling --model on first use (default: %(default)s)")
-    parser.add_argument("--beam", type=positive_int, default=1, metavar="N", help="beam size; 1 is greedy (default)")
+    parser.add_argument("--beam", type=beam_size, default=1, metavar="N",
+                        help=f"beam size, at most {MAX_BEAM}; 1 is greedy (default)")
     parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     parser.add_argument("--threads", type=thread_count, metavar="N",
@@ -176,6 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-asr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): a quiet end, as SIGPIPE gives C tools
+        _drop_stdout()
+        return 141
+    except OSError as err:  # stdout or a file that cannot take the output (a full disk, /dev/full)
+        if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+            raise
+        _drop_stdout()
+        print(f"edge-asr: cannot write {err.filename or 'the output'} ({err.strerror}).", file=sys.stderr)
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _compile(args) -> int:

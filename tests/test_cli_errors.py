@@ -159,3 +159,51 @@ def test_threads_beyond_twice_the_cores_are_refused_in_one_sentence():
     done = run_cli("transcribe", "--threads", str(2 * cores + 1), "tests/data/jfk.wav")
     assert done.returncode == 2 and f"more than this machine's {cores} cores can use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_full_or_closed_stdout_is_one_sentence_or_a_quiet_end(tiny_bundle, jfk_wav):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "edge_asr.runtime.cli", "transcribe", "--bundle",
+                               str(tiny_bundle), str(jfk_wav)], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 1 and "cannot write the output (No space left on device)" in _one_sentence(done.stderr)
+    reader = subprocess.Popen([sys.executable, "-m", "edge_asr.runtime.cli", "transcribe", "--format", "json",
+                               "--bundle", str(tiny_bundle), str(jfk_wav), str(jfk_wav)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdout.read(1)
+    reader.stdout.close()  # `| head -c 1`
+    stderr = reader.stderr.read()
+    assert reader.wait() in (0, 141) and "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_a_beam_past_the_most_is_refused_before_it_asks_for_the_memory():
+    done = run_cli("transcribe", "--beam", "1000", "tests/data/jfk.wav")
+    assert done.returncode == 2 and "a beam of 1000" in done.stderr and "the most is 32" in done.stderr
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading_a_model(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # --bundle names no bundle: had the address been accepted, loading it would have failed instead
+        done = run_cli("serve", "--port", port, "--bundle", tmp_path / "none")
+    assert done.returncode == 2 and "another program listens there" in _one_sentence(done.stderr)
+    done = run_cli("serve", "--host", "no-such-host.invalid", "--insecure", "--bundle", tmp_path / "none")
+    assert done.returncode == 2 and "the name does not resolve" in _one_sentence(done.stderr)
+    done = run_cli("serve", "--host", "192.0.2.1", "--insecure", "--bundle", tmp_path / "none")
+    assert done.returncode == 2 and "not an address of this machine" in _one_sentence(done.stderr)
+
+
+def test_a_manifest_whose_mel_bins_disagree_with_the_graph_is_one_sentence(tiny_bundle, tmp_path, jfk_wav):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["model"]["dims"]["n_mels"] = 128
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    out = run_cli("transcribe", "--bundle", broken, jfk_wav)
+    assert out.returncode == 1 and "says 128 Mel bins but its encoder graph reads" in _one_sentence(out.stderr)

@@ -397,6 +397,7 @@ def test_train_commands_parse_several_corpora_and_default_to_the_measured_recipe
     finetune = parser.parse_args(["finetune", "--corpus", "cards", "general", "-o", "run", "--margin", "1"])
     assert finetune.corpus == [Path("cards"), Path("general")] and finetune.margin == 1.0
     distill = parser.parse_args(["distill", "--corpus", "general", "-o", "run"])
-    assert (distill.steps, distill.lr, distill.freeze, distill.margin) == (400, 2e-5, None, 1.0)
+    assert (distill.steps, distill.lr, distill.freeze, distill.margin) == (600, 1e-5, None, 1.0)
+    assert (distill.alpha, distill.encoder_weight, distill.eval_corpus) == (0.0, 1.0, [])
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--corpus", "general", "-o", "run", "--freeze", "both"])

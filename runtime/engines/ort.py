@@ -87,6 +87,10 @@ class OrtEngine:
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise BundleError(f"onnxruntime cannot load {encoder.parent}: {str(err).splitlines()[0]}") from None
         self.dims = dims
+        mel_bins = {i.name: i.shape for i in self.encoder.get_inputs()}.get("mel", [None, None])[1]
+        if isinstance(mel_bins, int) and mel_bins != dims.n_mels:
+            raise BundleError(f"{encoder.parent}'s manifest says {dims.n_mels} Mel bins but its encoder graph "
+                              f"reads {mel_bins}: the bundle is inconsistent; compile it again.")
         check_decoder_inputs({i.name for i in self.decoder.get_inputs()}, dims.n_text_layer, decoder)
 
     def encode(self, mel: np.ndarray) -> OrtAudioContext:

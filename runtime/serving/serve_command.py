@@ -7,9 +7,11 @@ the server starts: the other commands do not need them.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +94,25 @@ def serve_options(args) -> ServeOptions:
                         insecure=args.insecure)
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address the server could not listen on: a host that does not
+    resolve, an address of another machine, a port in use."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise EdgeAsrError(f"cannot listen on {host}: the name does not resolve ({err.strerror}).") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as err:
+            reason = ("another program listens there" if err.errno == errno.EADDRINUSE
+                      else "it is not an address of this machine" if err.errno == errno.EADDRNOTAVAIL
+                      else err.strerror)
+            raise EdgeAsrError(f"cannot listen on {host} port {port}: {reason}.") from None
+
+
 def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
     """find_bundle() gives the bundle (compiling it on first use), once the options are known to be good."""
     from edge_asr.runtime.streaming.stream_command import stream_options
@@ -103,6 +124,7 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
         scheduling = SchedulerOptions(max_streams=args.max_streams,
                                       workers=min(args.workers, args.max_streams)).validate()
         streaming = stream_options(args).validate()
+        check_address(options.host, options.port)
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
         return USAGE_EXIT
