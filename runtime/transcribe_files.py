@@ -5,8 +5,8 @@ import os
 import sys
 from pathlib import Path
 
-from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
-from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.audio import SAMPLE_RATE, damage_report, read_audio
+from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.formats import render
 from edge_asr.runtime.transcriber import Transcriber
 from edge_asr.runtime.transcript import Transcript
@@ -66,11 +66,11 @@ def transcribe_files(bundle: Path, args) -> int:
     failures = 0
     for path in args.files:
         transcript = Transcript(file=str(path), language=args.language or "", duration=0.0)
-        ok = True
+        ok, decoded = True, None
         try:
-            audio = load_audio(path)
-            transcript.duration = len(audio) / SAMPLE_RATE
-            for window in transcriber.windows(audio, options):
+            decoded = read_audio(path)
+            transcript.duration = len(decoded.samples) / SAMPLE_RATE
+            for window in transcriber.windows(decoded.samples, options):
                 transcript.language = window.language
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)
@@ -84,6 +84,8 @@ def transcribe_files(bundle: Path, args) -> int:
         progress.finish()
         if ok or transcript.segments:  # a file that failed midway keeps the text already heard
             ok = _keep(transcript, args) and ok
+        if ok and decoded is not None and decoded.damage:  # what decoded is kept; the exit status says it was not all
+            ok = _report(AudioError(damage_report(str(path), decoded)))
         failures += not ok
     return 1 if failures else 0
 

@@ -207,3 +207,26 @@ def test_a_manifest_whose_mel_bins_disagree_with_the_graph_is_one_sentence(tiny_
     (broken / "manifest.json").write_text(json.dumps(manifest))
     out = run_cli("transcribe", "--bundle", broken, jfk_wav)
     assert out.returncode == 1 and "says 128 Mel bins but its encoder graph reads" in _one_sentence(out.stderr)
+
+
+@pytest.mark.parametrize("container", ["WAV", "FLAC", "OGG"])
+def test_a_truncated_file_keeps_what_decodes_and_says_it_is_damaged(tiny_bundle, tmp_path, jfk_wav, container):
+    """One rule for every format: FLAC was rejected whole, WAV and Ogg silently cut short with exit 0."""
+    import soundfile as sf
+
+    from edge_asr.runtime.audio import read_audio
+
+    samples, rate = sf.read(jfk_wav)
+    whole = tmp_path / f"whole.{container.lower()}"
+    sf.write(whole, samples, rate, format=container)
+    assert read_audio(whole).damage is None
+    cut = tmp_path / f"cut.{container.lower()}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    decoded = read_audio(cut)
+    assert decoded.damage and 4.0 < len(decoded.samples) / 16000 < 6.0
+    for command in (["transcribe", "--bundle", tiny_bundle, "--no-progress", cut],
+                    ["stream", "--bundle", tiny_bundle, "--input", cut]):
+        out = run_cli(*command)
+        assert out.returncode == 1, command
+        assert "is damaged" in _one_sentence(out.stderr) and "s were transcribed" in out.stderr
+        assert "fellow americans" in normalise(out.stdout), command

@@ -10,7 +10,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import soxr
 
-from edge_asr.runtime.audio import SAMPLE_RATE, load_audio, pcm16_to_float32
+from edge_asr.runtime.audio import SAMPLE_RATE, damage_report, pcm16_to_float32, read_audio
 from edge_asr.runtime.errors import AudioError
 
 
@@ -40,7 +40,9 @@ class FileSource:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.audio = load_audio(path)  # here, not in blocks(): a bad file fails before a model loads
+        self.name = os.fspath(path)
+        self.decoded = read_audio(path)  # here, not in blocks(): a bad file fails before a model loads
+        self.audio = self.decoded.samples
         self.realtime = realtime
         self.block_samples = block_samples
         self.started_at: float | None = None
@@ -59,6 +61,8 @@ class FileSource:
             if self._stopped:
                 return
             yield self.audio[start:end]
+        if self.decoded.damage:  # after all that decoded: the stream makes its text, then exits non-zero
+            raise AudioError(damage_report(self.name, self.decoded))
 
     def stop(self) -> None:
         self._stopped = True
