@@ -30,7 +30,8 @@ class FakeServer:
                  token: str | None = None):
         self.delay, self.lead_s, self.closed_delay_s, self.text = delay, lead_s, closed_delay_s, text
         self.refuse, self.token = refuse, token
-        self.connections = self.open = self.peak = 0
+        self.connections = -1  # the loadtest's unmeasured warm-up stream is connection -1: trials count from 0
+        self.open = self.peak = 0
 
     def check(self, connection, request):
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -63,6 +64,11 @@ class FakeServer:
             self.open -= 1
             if self.open == 0:  # a trial is over: the next one counts afresh
                 self.peak = 0
+
+
+@pytest.fixture(autouse=True)
+def short_warm_up(monkeypatch):
+    monkeypatch.setattr(loadtest, "WARM_UP_S", 0.5)
 
 
 @pytest.fixture
@@ -154,7 +160,8 @@ def test_find_max_against_latency_that_grows_with_the_streams(tmp_path, serve, c
     assert doc["find_max"]["streams"] == 6
     captured = capsys.readouterr()
     assert "kept up: **6** (7: p90 1.0" in captured.out
-    assert len([line for line in captured.err.splitlines() if line.startswith("loadtest: ")]) == 6
+    assert captured.err.startswith("loadtest: warming the server up with one stream of 0.5 s (not measured)")
+    assert len([line for line in captured.err.splitlines() if line.startswith("loadtest: ")]) == 7
 
 
 @pytest.mark.parametrize("passing, trials, found", [

@@ -108,6 +108,8 @@ class EngineLoop:
                 np.concatenate([job.call.mel for job in group])), [job.call.mel.shape[0] for job in group]))
 
     def _step(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
         members = {}
         for job in jobs:
             call = job.call
