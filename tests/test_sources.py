@@ -323,13 +323,14 @@ def test_mic_ring_overrun_overwrites_the_oldest_audio_and_warns(capsys):
 
 
 def test_ctrl_c_interrupts_a_consumer_waiting_for_audio():
-    fake = FakeInputStream(np.zeros(0, np.float32))  # a silent device: no callback ever comes
+    # A silent device: no callback ever comes. Ctrl-C is sent from the capture thread 0.2 s after the capture
+    # started, so it always lands inside blocks() (a timer started before it once landed before the consumer
+    # was under pytest.raises, on a loaded machine).
+    fake = FakeInputStream(np.zeros(0, np.float32), then=lambda: (time.sleep(0.2), _thread.interrupt_main()))
     source = mic(fake)
-    # Ends the wait, failing the test, if Ctrl-C were not seen; generous, because on a loaded 2-core CI
-    # machine (two suites at once) a 3 s limit once fired before the 0.2 s interrupt was delivered.
+    # Ends the wait, failing the test, if Ctrl-C were not seen.
     safety = threading.Timer(10.0, source.stop)
     safety.start()
-    threading.Timer(0.2, _thread.interrupt_main).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         for _ in source.blocks():
