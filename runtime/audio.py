@@ -42,6 +42,8 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
     """One rule for every format: what decodes is kept, and a file that ends before its header, its stream
     or its decoder says it should is reported as damaged. Nothing decodable at all is an AudioError."""
     name = os.fspath(path)
+    if os.path.isdir(name):
+        raise AudioError(f"Cannot read audio from '{name}': it is a directory; give the audio files in it.")
     if not os.path.isfile(name):
         raise AudioError(f"Cannot read audio from '{name}': there is no such file.")
     if os.path.getsize(name) == 0:

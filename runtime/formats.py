@@ -26,6 +26,7 @@ def _json(transcript: Transcript) -> str:
         "language": transcript.language,
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
+        "complete": transcript.complete,
         "segments": [
             {"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text.strip()}
             for s in transcript.segments

@@ -69,15 +69,16 @@ def transcribe_files(bundle: Path, args) -> int:
         ok, decoded = True, None
         try:
             decoded = read_audio(path)
-            transcript.duration = len(decoded.samples) / SAMPLE_RATE
+            transcript.duration, transcript.complete = len(decoded.samples) / SAMPLE_RATE, not decoded.damage
             for window in transcriber.windows(decoded.samples, options):
                 transcript.language = window.language
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)
         except EdgeAsrError as err:
-            ok = _report(err)
+            ok, transcript.complete = _report(err), False
         except KeyboardInterrupt:
             progress.finish()
+            transcript.complete = False
             _keep(transcript, args)
             print(f"edge-asr: interrupted; {path} is transcribed up to {_last_end(transcript):.1f} s", file=sys.stderr)
             return 130

@@ -32,6 +32,7 @@ class Transcript:
     language: str
     duration: float
     segments: list[Segment] = field(default_factory=list)
+    complete: bool = True  # False: interrupted, or the audio failed or was damaged: the segments cover part of it
 
     @property
     def text(self) -> str:

@@ -14,10 +14,12 @@ from edge_asr.benchmarks.clips import JFK, LIBRIVOX
 DATA = Path(__file__).parent / "data"
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`edge-asr ARGS` in a child process, as a user runs it."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, stdin: str | None = None
+            ) -> subprocess.CompletedProcess:
+    """`edge-asr ARGS` in a child process, as a user runs it; ``stdin``: what it reads (else nothing)."""
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run([sys.executable, "-m", "edge_asr.runtime.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, **feed)
 
 
 def require(*modules: str) -> None:

@@ -230,3 +230,16 @@ def test_a_truncated_file_keeps_what_decodes_and_says_it_is_damaged(tiny_bundle,
         assert out.returncode == 1, command
         assert "is damaged" in _one_sentence(out.stderr) and "s were transcribed" in out.stderr
         assert "fellow americans" in normalise(out.stdout), command
+    out = run_cli("transcribe", "--bundle", tiny_bundle, "--no-progress", "--format", "json", cut, jfk_wav)
+    documents = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [d["complete"] for d in documents] == [False, True]  # the damaged file's transcript says it is partial
+
+
+def test_small_input_faults_are_named(tiny_bundle, tmp_path):
+    """A directory given as audio, a padding longer than an utterance, a trailing odd byte on stdin."""
+    out = run_cli("transcribe", "--bundle", tiny_bundle, "--no-progress", tmp_path)
+    assert out.returncode == 1 and "is a directory" in _one_sentence(out.stderr)
+    out = run_cli("stream", "--bundle", tiny_bundle, "--stdin", "--pad-before-ms", "100000000", stdin="")
+    assert out.returncode != 0 and "pad_before_ms plus pad_after_ms must be under" in _one_sentence(out.stderr)
+    out = run_cli("stream", "--bundle", tiny_bundle, "--stdin", stdin="\x00\x01\x02")
+    assert out.returncode == 0 and "its last byte was dropped" in _one_sentence(out.stderr)

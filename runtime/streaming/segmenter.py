@@ -46,6 +46,12 @@ class VadOptions:
             0 <= self.pad_after_ms <= self.min_silence_ms,
             f"pad_after_ms must be between 0 and min_silence_ms ({self.min_silence_ms}), not {self.pad_after_ms}.",
         )
+        room_ms = round((min(self.max_utterance_s, MAX_UTTERANCE_S) - self.split_search_s) * 1000)
+        require(
+            self.pad_before_ms + self.pad_after_ms < room_ms or room_ms <= 0,
+            f"pad_before_ms plus pad_after_ms must be under {room_ms} ms (an utterance's longest, less the span "
+            f"searched for a pause to cut at), not {self.pad_before_ms + self.pad_after_ms}.",
+        )
         require(
             self.split_search_s + (self.pad_before_ms + self.pad_after_ms) / 1000 < self.max_utterance_s <= MAX_UTTERANCE_S,
             f"max_utterance_s must exceed split_search_s plus the padding and be at most {MAX_UTTERANCE_S}, "

@@ -106,6 +106,8 @@ class StdinSource:
                 yield audio
         if not self._stopped and len(tail := self.drain()):
             yield tail
+        if odd:
+            print("edge-asr: warning: the input ended inside a 16-bit sample; its last byte was dropped.", file=sys.stderr)
 
     def stop(self) -> None:
         self._stopped = True
