@@ -93,15 +93,24 @@ def _set_result(transcripts: list[ClipTranscript]) -> SetResult:
 
 
 def results_table(results: dict[str, dict[str, SetResult]]) -> list[str]:
-    """Markdown lines: a row per model; per set its WER (speech) or the words written (non-speech); fallbacks."""
+    """Markdown lines: a row per model; per set its WER (speech) or the words written (non-speech), both where
+    a set of speech holds non-speech clips too ("12.01 % + 2 words"); fallbacks."""
     names = list(next(iter(results.values())))
     lines = ["| model | " + " | ".join(names) + " | fallbacks | encoder s, speech <= 10 s |",
              "|---" * (len(names) + 3) + "|"]
     for model, sets in results.items():
-        cells = [f"{r.wer:.2f} %" if r.wer is not None else f"{r.words_on_nonspeech} words" for r in sets.values()]
+        cells = [_cell(r) for r in sets.values()]
         short = sum(r.short_encoder_s for r in sets.values())
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {sum(r.fallbacks for r in sets.values())} | {short:.2f} |")
     return lines
+
+
+def _cell(result: SetResult) -> str:
+    words = f"{result.words_on_nonspeech} words"
+    if result.wer is None:
+        return words
+    silent = any(not clip.reference.strip() for clip in result.clips)
+    return f"{result.wer:.2f} % + {words}" if silent else f"{result.wer:.2f} %"
 
 
 def as_dict(results: dict[str, SetResult]) -> dict:

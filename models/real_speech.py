@@ -3,12 +3,13 @@
 The Asterisk PBX prompts (Debian `asterisk-core-sounds-en-wav`): about 560 prompts, 25 minutes of one
 professional American speaker at 8 kHz, from single digits and letters to long menus, with the
 transcripts of `asterisk-core-sounds-en`'s documentation. Prompts transcribed in brackets ("[this is
-a simple beep tone]") are not speech: their text is empty. Each prompt belongs to the split of its
+a simple beep tone]", "(3 seconds of silence)") are not speech: their text is empty. Each prompt belongs to the split of its
 transcript (models/sentences.py), so the ones a recipe is tuned or judged on are never trained on.
 """
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 from edge_asr.benchmarks.clips import Clip
@@ -32,7 +33,8 @@ def asterisk_clips(split: str | None = None) -> list[Clip]:
         if line.startswith(";") or not colon or not path.is_file():
             continue
         text = " ".join(text.split())
-        text = "" if text.startswith("[") else text
+        # "[this is a simple beep tone]", "(3 seconds of silence)": not speech. "dollar [$]": the word alone.
+        text = "" if text.startswith(("[", "(")) else re.sub(r"\s*\[[^]]*\]", "", text)
         if split is None or sentence_split(text or name) == split:
             clips.append(Clip(name.strip(), path, text))
     return clips

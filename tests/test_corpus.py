@@ -171,7 +171,9 @@ def test_real_speech_of_a_split_from_the_asterisk_prompts():
     names = [set(c.name for c in clips) for clips in splits.values()]
     assert all(names) and not (names[0] & names[1]) and not (names[0] & names[2])
     assert sum(len(n) for n in names) == len(asterisk_clips())
-    assert any(c.reference == "" for c in asterisk_clips())  # "[this is a simple beep tone]": no words
+    by_name = {c.name: c.reference for c in asterisk_clips()}
+    assert by_name["beep"] == "" and by_name["silence/3"] == ""  # "[this is a simple beep tone]", "(3 seconds of
+    assert by_name["letters/dollar"] == "dollar"  # silence)": no words; "dollar [$]": the word alone
 
 
 def test_speed_perturbation_scales_the_length():

@@ -151,3 +151,15 @@ def test_heldout_sets_from_a_corpus_and_the_machine(tmp_path):
     assert sets["developer"][0].name == "jfk" and sets["long-form"][0].name == "developer-joined"
     joined = sf.info(sets["long-form"][0].path).duration
     assert joined > sum(sf.info(c.path).duration for c in sets["developer"])  # the pauses between them
+
+
+def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
+    from edge_asr.benchmarks.set_eval import ClipTranscript, _set_result, results_table
+
+    def clip(reference, text):
+        return ClipTranscript("x", reference, text, 1.0, 0, 0.1)
+
+    mixed = _set_result([clip("call waiting", "call waiting"), clip("", "Thank you.")])
+    speech = _set_result([clip("call waiting", "call waiting please")])
+    table = results_table({"student": {"asterisk": mixed, "developer": speech}})
+    assert table[2] == "| student | 0.00 % + 2 words | 50.00 % | 0 | 0.20 |"
