@@ -15,6 +15,11 @@ STUDENT_FILE = "student.pt"
 DELTA_DIR = "delta"
 # The recipe `edge-asr distill` runs by default, chosen on a tune corpus (README, "Distil and fine-tune").
 DISTILL_RECIPE = {"alpha": 0.0, "temperature": 1.0, "learning_rate": 1e-5, "steps": 600, "encoder_weight": 1.0}
+# The student's own silence gate (runtime/windows.py, WindowPolicy.silence_logprob), written into its checkpoint:
+# on the tune corpus the tiny.en students wrote "You" and "Thank you." on noise at average log-probabilities of
+# -0.88 to -1.10 (the no-speech probability over 0.6), where openai's gate of -1 let 2 of 60 clips through; -0.8
+# silenced them at the same WER (README, "Distil and fine-tune").
+SILENCE_LOGPROB = -0.8
 ADAPTER_DIR = "adapter"  # beside the run's state, so the directory to ship holds the adapter alone
 REPORT_FILE = "report.json"
 
@@ -42,6 +47,10 @@ def add_train_parsers(commands) -> None:
     di.add_argument("--margin", type=float, default=1.0, metavar="S",
                     help="seconds of silence after the longest audio of a batch in the student's window "
                     "(default: %(default)s)")
+    di.add_argument("--silence-logprob", type=float, default=SILENCE_LOGPROB, metavar="LP",
+                    help="the student's silence gate, kept in its checkpoint: a window it calls silent (no-speech "
+                    "probability over 0.6) is skipped unless its words average a log-probability over LP "
+                    "(default: %(default)s; stock Whisper's is -1)")
     di.add_argument("--freeze", choices=("none", "encoder", "decoder"),
                     help="keep this stack as the teacher's and train the rest (default: decoder when the student "
                     "keeps the teacher's whole decoder: the encoder learns to end where the audio ends and the "
@@ -116,7 +125,7 @@ def run_distill(args) -> int:
     frozen = freeze(student, args.freeze, args.decoder_layers)
     if frozen != "none":
         print(f"the student's {frozen} stays the teacher's (--freeze {frozen}); the rest is trained", flush=True)
-    window = WindowPolicy(needs_30s_padding=False, margin_s=args.margin)
+    window = WindowPolicy(needs_30s_padding=False, margin_s=args.margin, silence_logprob=args.silence_logprob).validate()
     evaluations = {}
     if evaluator is not None and args.teacher_eval:
         evaluations["teacher_padded"] = evaluator.evaluate(teacher, WindowPolicy())
@@ -232,7 +241,7 @@ def _card(args, examples, minutes: float, evaluations: dict) -> str:
              f"({hours:.2f} h of audio, joined utterances included), labelled by the teacher itself.", "",
              f"Recipe: {args.steps} steps of {args.batch_size} examples, lr {args.lr:g}, alpha {args.alpha:g}, T "
              f"{args.temperature[0]:g}, encoder weight {args.encoder_weight:g}, margin {args.margin:g} s, seed "
-             f"{args.seed}; the decoder is the teacher's. Training took {minutes:.0f} min in this run.", ""]
+             f"{args.seed}; silence gate {args.silence_logprob:g}; the decoder is the teacher's. Training took {minutes:.0f} min in this run.", ""]
     if evaluations:
         lines += ["Evaluation (tune sets: the recipe was chosen on these):", "", *results_table(evaluations), ""]
     return "\n".join(lines)

@@ -32,24 +32,35 @@ class WindowPolicy:
 
     needs_30s_padding: bool = True
     margin_s: float = 1.0  # silence after the audio that a window without 30 s padding keeps
+    # The average log-probability at or under which a window the model calls silent (no-speech probability over
+    # the threshold) is skipped; None: openai's rule (TranscribeOptions.logprob_threshold, -1). A student can be
+    # surer than its teacher of the "Thank you." it writes on noise (decoding/transcribe.py, _is_silence).
+    silence_logprob: float | None = None
 
     def validate(self) -> "WindowPolicy":
         if not isinstance(self.needs_30s_padding, bool):
             raise EdgeAsrError(f"needs_30s_padding must be true or false, not {self.needs_30s_padding!r}.")
-        number = isinstance(self.margin_s, (int, float)) and not isinstance(self.margin_s, bool)
-        if not number or not 0 <= self.margin_s <= 30:
+        if not _number(self.margin_s) or not 0 <= self.margin_s <= 30:
             raise EdgeAsrError(f"the window margin must be 0 to 30 seconds, not {self.margin_s!r}.")
+        if self.silence_logprob is not None and not (_number(self.silence_logprob) and -10 <= self.silence_logprob <= 0):
+            raise EdgeAsrError(f"the silence log-probability must be -10 to 0, not {self.silence_logprob!r}.")
         return self
 
     def to_dict(self) -> dict:
-        return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s}
+        gate = {} if self.silence_logprob is None else {"silence_logprob_threshold": self.silence_logprob}
+        return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s, **gate}
 
     @classmethod
     def from_dict(cls, data: dict) -> "WindowPolicy":
         """The policy in ``data`` (a checkpoint's "edge_asr" entry or a manifest's model section); validated."""
         defaults = cls()
         return cls(data.get("needs_30s_padding", defaults.needs_30s_padding),
-                   data.get("window_margin_s", defaults.margin_s)).validate()
+                   data.get("window_margin_s", defaults.margin_s),
+                   data.get("silence_logprob_threshold", defaults.silence_logprob)).validate()
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def encoder_frames(content_frames: int, policy: WindowPolicy, context: str | None = None,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_asr.runtime.decoding.options import TranscribeOptions
-from edge_asr.runtime.decoding.transcribe import transcribe
+from edge_asr.runtime.decoding.transcribe import _resume_point, transcribe
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import BundleError, EdgeAsrError, ModelSourceError
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
@@ -130,6 +130,10 @@ def test_window_policy_reads_what_it_writes_and_refuses_nonsense():
         WindowPolicy.from_dict({"needs_30s_padding": "no"})
     with pytest.raises(EdgeAsrError, match="window margin must be 0 to 30 seconds"):
         WindowPolicy.from_dict({"needs_30s_padding": False, "window_margin_s": -1})
+    gated = WindowPolicy(needs_30s_padding=False, silence_logprob=-0.8)
+    assert gated.to_dict()["silence_logprob_threshold"] == -0.8 and WindowPolicy.from_dict(gated.to_dict()) == gated
+    with pytest.raises(EdgeAsrError, match="silence log-probability must be -10 to 0"):
+        WindowPolicy.from_dict({"silence_logprob_threshold": 0.5})
     with pytest.raises(EdgeAsrError, match="encoder_context must be None or one of utterance, full"):
         TranscribeOptions(encoder_context="half").validate()
     with pytest.raises(EdgeAsrError, match="min_context_s"):
@@ -316,3 +320,31 @@ def test_compile_refuses_a_bad_adapter_in_one_sentence(adapter_dir, student_pt, 
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("edge-asr: ") and words in last and "Traceback" not in done.stderr, done.stderr
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("policy, audio_frames, ended_s, consumed", [
+    (STUDENT, 3000, 10.84, 1084),  # a full window whose text ended 19 s early: resumed where the text ended
+    (STUDENT, 3000, 28.5, 3000),  # ended within EARLY_END_S of the window's end: openai's rule
+    (STUDENT, 1600, 5.0, 1600),  # a file's last, shorter window: nothing after it to skip
+    (STOCK, 3000, 10.84, 3000),  # stock Whisper keeps openai's rule
+])
+def test_a_students_full_window_that_ends_its_text_early_resumes_there(tok, policy, audio_frames, ended_s, consumed):
+    from edge_asr.runtime.decoding.segments import split_segments
+
+    ts = lambda s: tok.timestamp_begin + round(s / 0.02)  # noqa: E731
+    tokens = [ts(0.0), *tok.encode(" And so my fellow Americans"), ts(ended_s)]  # a single timestamp ending
+    spans, openai_consumed = split_segments(tokens, tok.timestamp_begin, audio_frames)
+    assert openai_consumed == audio_frames
+    options = TranscribeOptions(window_policy=policy).validate()
+    assert _resume_point(spans, openai_consumed, audio_frames, options) == consumed
+
+
+@pytest.mark.parametrize("policy, silent", [(STOCK, False), (WindowPolicy(False, 1.0, -0.8), True)])
+def test_a_models_own_silence_gate_skips_a_confident_word_on_noise(policy, silent):
+    """The tiny.en student's "You" on a tune-set noise clip: no-speech 0.95, average log-probability -0.92."""
+    from edge_asr.runtime.decoding.decode import DecodingResult
+    from edge_asr.runtime.decoding.transcribe import _is_silence
+
+    result = DecodingResult(tokens=[], text=" You", avg_logprob=-0.92, no_speech_prob=0.95, temperature=0.0,
+                            compression_ratio=1.0, language="en", finished=True)
+    assert _is_silence(result, TranscribeOptions(window_policy=policy).validate()) is silent

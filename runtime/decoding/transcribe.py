@@ -28,6 +28,11 @@ from edge_asr.runtime.windows import encoder_frames, padding_value
 
 # Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
 FLAT_MEL_RANGE = 1e-3
+# A length-adaptive student may end a full 30 s window's text seconds before its audio ends (the tiny.en student
+# wrote JFK's sentence and skipped the 19 s of speech after it); stock Whisper then moves on to the next window.
+# For such a model a full window whose text ends EARLY_END_S or more before the window does is resumed where
+# its text ended instead: no speech is skipped, at the cost of encoding the rest once more.
+EARLY_END_S = 2.0
 
 
 def transcribe(
@@ -133,11 +138,21 @@ def _transcribe_window(
     if _is_silence(result, options):
         return [], audio_frames
     spans, consumed = split_segments(result.tokens, tokenizer.timestamp_begin, audio_frames)
+    consumed = _resume_point(spans, consumed, audio_frames, options)
     segments = _segments(tokenizer, spans, result, start, state.duration)
     state.extend(segments)
     if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
         state.reset_prompt()
     return segments, consumed
+
+
+def _resume_point(spans: list[SegmentSpan], consumed: int, audio_frames: int, options: TranscribeOptions) -> int:
+    """Where the next window starts: where this one's text ended, for a length-adaptive model whose full window
+    ended its text early (EARLY_END_S); else what openai's rule consumed."""
+    if options.policy.needs_30s_padding or audio_frames < options.window_frames or consumed < audio_frames or not spans:
+        return consumed
+    ended = round(spans[-1].end * FRAMES_PER_SECOND)
+    return ended if 0 < ended <= audio_frames - EARLY_END_S * FRAMES_PER_SECOND else consumed
 
 
 def decode_with_fallback_steps(
@@ -188,10 +203,13 @@ def _is_looping(result: DecodingResult, tokenizer: WhisperTokenizer, options: Tr
 
 def _is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
     """openai's silence rule: the model says nobody speaks, and what it wrote is not probable
-    enough to overrule it. Such a window is neither retried nor transcribed."""
+    enough to overrule it (the model's own gate, WindowPolicy.silence_logprob, else openai's). Such a window is
+    neither retried nor transcribed."""
     if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
         return False
-    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+    gate = options.policy.silence_logprob  # the model's own gate, where it has one
+    gate = options.logprob_threshold if gate is None else gate
+    return gate is None or result.avg_logprob <= gate
 
 
 def has_words(text: str) -> bool:
