@@ -61,7 +61,8 @@ def add_compile_parser(commands) -> None:
         "compile", help="compile a checkpoint into a bundle",
         description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]; TVM targets "
         "also edge-asr[tvm], Jetson targets JetPack's TensorRT on the Jetson itself).")
-    co.add_argument("--model", default=DEFAULT_MODEL, help="zoo name (tiny.en, base) or checkpoint path")
+    co.add_argument("--model", default=DEFAULT_MODEL,
+                    help="zoo name (tiny.en, base, tiny.en-adaptive) or checkpoint path (default: %(default)s)")
     co.add_argument("--target", choices=list(TARGETS), default="cpu",
                     help="cpu: onnxruntime on any CPU; rpi4: TVM for the Raspberry Pi 4's Cortex-A72, cross-linked "
                     "with aarch64-linux-gnu-g++; tvm-x86: TVM for this x86 host's CPU; jetson-orin, jetson-xavier: "
@@ -88,8 +89,9 @@ def add_compile_parser(commands) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo name (tiny.en, base) or checkpoint path, compiled once into the "
-                        f"user cache (default: {DEFAULT_MODEL})")
+    source.add_argument("--model", help=f"zoo name (tiny.en, base, tiny.en-adaptive) or checkpoint path, compiled "
+                        f"once into the user cache (default: {DEFAULT_MODEL}; the length-adaptive student "
+                        "tiny.en-adaptive encodes a tenth of the work but still loses words on real speech)")
     source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="precision when compiling --model on first use (default: %(default)s)")
