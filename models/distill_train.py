@@ -50,8 +50,8 @@ class TrainSettings:
     evaluate_every: int = 0  # 0: only after the last step, and only with an evaluate hook
     log_every: int = 10
 
-    def validate(self) -> None:
-        """Raise EdgeAsrError naming the first setting that cannot work."""
+    def validate(self) -> "TrainSettings":
+        """Raise EdgeAsrError naming the first setting that cannot work; else self, as every validate() does."""
         counts = {"steps": self.steps, "batch_size": self.batch_size, "accumulation": self.accumulation,
                   "checkpoint_every": self.checkpoint_every, "log_every": self.log_every}
         for name, value in counts.items():
@@ -66,6 +66,7 @@ class TrainSettings:
         if self.margin_s is not None and self.margin_s < 0:
             raise EdgeAsrError(f"margin_s is the silence after the audio: at least 0, not {self.margin_s}.")
         self.temperature.validate()
+        return self
 
     def learning_rate_at(self, step: int) -> float:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0

@@ -5,6 +5,12 @@ class EdgeAsrError(Exception):
     """A failure the user can act on; the CLI prints str(err) and exits non-zero."""
 
 
+def require(condition: bool, message: str) -> None:
+    """The check every validate() is written with: EdgeAsrError(message) unless ``condition``."""
+    if not condition:
+        raise EdgeAsrError(message)
+
+
 class AudioError(EdgeAsrError):
     """An input that is not usable audio (corrupt, empty, unreadable)."""
 

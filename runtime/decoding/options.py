@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.errors import require
 from edge_asr.runtime.tokenizer import TASKS, language_code
 from edge_asr.runtime.windows import ENCODER_CONTEXTS, WindowPolicy
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise EdgeAsrError(message)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.runtime.decoding.options import require
+from edge_asr.runtime.errors import require
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.serving.scheduler import SchedulerOptions, build_scheduler
 

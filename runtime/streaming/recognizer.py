@@ -18,7 +18,8 @@ import numpy as np
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.decoding.calls import Encode, Steps, run_sync
 from edge_asr.runtime.decoding.decode import decode_window_steps
-from edge_asr.runtime.decoding.options import TranscribeOptions, require
+from edge_asr.runtime.decoding.options import TranscribeOptions
+from edge_asr.runtime.errors import require
 from edge_asr.runtime.decoding.repetition import token_cap
 from edge_asr.runtime.decoding.transcribe import has_words, transcribe_windows, window_mel
 from edge_asr.runtime.engines.base import Engine

@@ -18,7 +18,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE
-from edge_asr.runtime.decoding.options import require
+from edge_asr.runtime.errors import require
 from edge_asr.runtime.streaming.vad import WINDOW_SAMPLES
 
 HYSTERESIS = 0.15  # Silero's gap between the start and the continue threshold
@@ -98,10 +98,6 @@ class VadSegmenter:
         self._voiced_end = 0
         self._paused = False
         self._windows: list[tuple[int, float, float]] = []  # (end sample, probability, energy) this utterance
-
-    @property
-    def in_speech(self) -> bool:
-        return self._utterance is not None
 
     @property
     def utterance_start(self) -> int | None:
