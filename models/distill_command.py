@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edge_asr.runtime.cli_args import positive_int, thread_count
 from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.mel import FRAMES_PER_SECOND
 
 STUDENT_FILE = "student.pt"
 DELTA_DIR = "delta"
@@ -235,7 +236,7 @@ def _card(args, examples, minutes: float, evaluations: dict) -> str:
     """The model card of a distilled student: its data, recipe, training time and evaluations."""
     from edge_asr.benchmarks.set_eval import results_table
 
-    hours = sum(e.audio_frames for e in examples) / 100 / 3600
+    hours = sum(e.audio_frames for e in examples) / FRAMES_PER_SECOND / 3600
     lines = [f"# Student of {args.teacher}", "",
              f"Distilled by `edge-asr distill` from {', '.join(str(c) for c in args.corpus)}: {len(examples)} examples "
              f"({hours:.2f} h of audio, joined utterances included), labelled by the teacher itself.", "",
@@ -248,7 +249,7 @@ def _card(args, examples, minutes: float, evaluations: dict) -> str:
 
 
 def _prepared(examples) -> int:
-    seconds = sum(e.audio_frames for e in examples) / 100
+    seconds = sum(e.audio_frames for e in examples) / FRAMES_PER_SECOND
     print(f"{len(examples)} examples cached, {seconds / 3600:.2f} h of audio")
     return 0
 

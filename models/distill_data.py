@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from edge_asr.models.distill_loss import IGNORE_INDEX, TeacherTopK
+from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.mel import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, LogMelFrontend
 from edge_asr.runtime.windows import WindowPolicy, encoder_frames
@@ -61,7 +62,7 @@ class Example:
 def example_from_audio(audio: np.ndarray, tokens: Sequence[int], n_prompt: int, frontend: LogMelFrontend) -> Example:
     """An Example from 16 kHz float32 audio of at most 30 s."""
     if len(audio) > N_SAMPLES:
-        raise EdgeAsrError(f"A distillation example holds at most 30 s of audio, not {len(audio) / 16000:.1f} s.")
+        raise EdgeAsrError(f"A distillation example holds at most 30 s of audio, not {len(audio) / SAMPLE_RATE:.1f} s.")
     if not 0 < n_prompt < len(tokens):
         raise EdgeAsrError(f"An example needs a prompt and at least one token after it, not {n_prompt} of {len(tokens)}.")
     mel = frontend(audio, padding=SILENCE_TAIL)

@@ -32,7 +32,7 @@ from edge_asr.runtime.decoding.repetition import token_cap
 from edge_asr.runtime.engines.torch_engine import TorchAudioContext, TorchEngine
 from edge_asr.runtime.mel import N_FRAMES
 from edge_asr.runtime.tokenizer import WhisperTokenizer
-from edge_asr.runtime.windows import FRAMES_PER_SECOND
+from edge_asr.runtime.mel import FRAMES_PER_SECOND
 
 TIMESTAMP_SHARE = 0.6  # of the examples, decoded with timestamps
 PROMPT_SHARE = 0.3  # of the examples, prompted with the text of another (as a long-form window is)

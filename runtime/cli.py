@@ -14,6 +14,7 @@ from edge_asr.benchmarks.bench_command import add_bench_parser
 from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
 from edge_asr.models import corpus_command
 from edge_asr.models.distill_command import add_train_parsers
+from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.bundle import PRECISIONS, TARGETS
 from edge_asr.runtime.cli_args import MAX_BEAM, beam_size, positive_int, thread_count
 from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
@@ -117,7 +118,7 @@ def add_stream_parser(commands) -> None:
     source.add_argument("--list-devices", action="store_true", help="list the audio input devices and exit")
     st.add_argument("--device", help="input device: index or part of its name (default: the system's default input)")
     st.add_argument("--realtime", action="store_true", help="with --input: play the file at real-time pace")
-    st.add_argument("--stdin-rate", type=positive_int, default=16000, metavar="HZ",
+    st.add_argument("--stdin-rate", type=positive_int, default=SAMPLE_RATE, metavar="HZ",
                     help="sample rate of --stdin audio, resampled to 16 kHz (default: %(default)s)")
     st.add_argument("--format", choices=("text", "jsonl"), default="text",
                     help="text: finals as lines, with a live partial line on a terminal; jsonl: one "

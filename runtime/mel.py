@@ -14,6 +14,7 @@ from edge_asr.runtime.audio import SAMPLE_RATE
 
 N_FFT = 400
 HOP_LENGTH = 160
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 Mel frames a second, one per 10 ms hop
 CHUNK_LENGTH = 30
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 frames in a 30 s window

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.mel import N_FRAMES, LogMelFrontend
+from edge_asr.runtime.mel import FRAMES_PER_SECOND, N_FRAMES, LogMelFrontend
 
 ENCODER_CONTEXTS = ("utterance", "full")
 # Shorter inputs make a stock Whisper loop or drop words: at 10 s the developer clips lost 3 words of 93

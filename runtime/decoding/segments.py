@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+from edge_asr.runtime.mel import FRAMES_PER_SECOND
 from edge_asr.runtime.tokenizer import TIMESTAMP_SECONDS
 
-FRAMES_PER_SECOND = 100  # Mel frames: one per 10 ms hop
 FRAMES_PER_TIMESTAMP = round(TIMESTAMP_SECONDS * FRAMES_PER_SECOND)
 
 

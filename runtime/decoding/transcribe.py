@@ -19,8 +19,9 @@ from edge_asr.runtime.decoding.decode import DecodingResult, decode_window_steps
 from edge_asr.runtime.decoding.language import detect_language_steps
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.repetition import is_looping, token_cap
-from edge_asr.runtime.decoding.segments import FRAMES_PER_SECOND, SegmentSpan, split_segments
+from edge_asr.runtime.decoding.segments import SegmentSpan, split_segments
 from edge_asr.runtime.engines.base import AudioContext, Engine
+from edge_asr.runtime.mel import FRAMES_PER_SECOND
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
