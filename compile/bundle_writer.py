@@ -70,7 +70,7 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         torch_model = from_checkpoint(checkpoint)
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
         raise ModelSourceError(f"{checkpoint.source} does not hold a complete Whisper model: "
-                               f"{str(err).splitlines()[1].strip()}") from None
+                               f"{_first_detail(err)}.") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         work = Path(tmp)
@@ -100,6 +100,12 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         staged.rename(out)
     log(f"wrote bundle {out}")
     return out
+
+
+def _first_detail(err: RuntimeError) -> str:
+    """load_state_dict's first line under its heading ("Missing key(s) ..."), or its only line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else "its tensors do not fit").rstrip(".")
 
 
 def _check_replaceable(out: Path) -> None:

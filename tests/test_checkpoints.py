@@ -338,3 +338,12 @@ def test_an_int8_ctranslate2_model_is_refused_in_one_sentence():
                  "encoder/layer_0/ffn/linear_0/weight_scale": np.ones(8, np.float32)}
     with pytest.raises(ModelSourceError, match="int8-quantized weights"):
         to_openai_names(variables, "model.bin")
+
+
+def test_a_one_line_loading_error_is_still_one_sentence():
+    pytest.importorskip("torch")
+    from edge_asr.compile.bundle_writer import _first_detail
+
+    assert _first_detail(RuntimeError("size mismatch")) == "size mismatch"  # indexing line 1 raised here
+    assert _first_detail(RuntimeError("Error(s) in loading:\n\tMissing key(s) in state_dict: x.")) == \
+        "Missing key(s) in state_dict: x"
