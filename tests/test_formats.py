@@ -30,7 +30,8 @@ def test_txt_has_one_line_per_segment(transcript):
 
 def test_json_is_one_object_with_times_in_milliseconds(transcript):
     document = json.loads(render(transcript, "json"))
-    assert list(document) == ["file", "language", "duration", "text", "segments"]
+    assert list(document) == ["file", "language", "duration", "text", "complete", "segments"]
+    assert document["complete"] is True  # a whole file; interrupted or damaged ones say false
     assert document["file"] == "talk.flac" and document["language"] == "en"
     assert document["duration"] == 3725.432
     assert document["text"] == transcript.text
