@@ -107,8 +107,8 @@ def test_zero_samples(tmp_path):
 
 
 def test_missing_file_and_directory(tmp_path):
-    for path in (tmp_path / "nowhere.wav", tmp_path):
-        with pytest.raises(AudioError, match="there is no such file") as caught:
+    for path, says in ((tmp_path / "nowhere.wav", "there is no such file"), (tmp_path, "it is a directory")):
+        with pytest.raises(AudioError, match=says) as caught:
             load_audio(path)
         assert f"'{path}'" in str(caught.value)
 
