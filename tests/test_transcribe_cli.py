@@ -33,7 +33,7 @@ def test_json_has_one_object_per_file_with_the_promised_keys(tiny_bundle, jfk_wa
     objects = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     assert [o["file"] for o in objects] == [str(jfk_wav), str(clip)]
     for o in objects:
-        assert set(o) == {"file", "language", "duration", "text", "segments"}
+        assert set(o) == {"file", "language", "duration", "text", "complete", "segments"} and o["complete"] is True
         assert o["language"] == "en"
         assert o["segments"] and all(set(s) == {"start", "end", "text"} for s in o["segments"])
         assert all(0 <= s["start"] < s["end"] <= o["duration"] + 0.5 for s in o["segments"])
