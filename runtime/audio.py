@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,29 +42,71 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
 def read_audio(path: str | os.PathLike) -> DecodedAudio:
     """One rule for every format: what decodes is kept, and a file that ends before its header, its stream
     or its decoder says it should is reported as damaged. Nothing decodable at all is an AudioError."""
-    name = os.fspath(path)
-    if os.path.isdir(name):
-        raise AudioError(f"Cannot read audio from '{name}': it is a directory; give the audio files in it.")
-    if not os.path.isfile(name):
-        raise AudioError(f"Cannot read audio from '{name}': there is no such file.")
-    if os.path.getsize(name) == 0:
-        raise AudioError(f"Cannot read audio from '{name}': the file is empty.")
-    try:
-        with _open(name) as f:
-            decoded = _read_mono_16k(f)
-            decoded.damage = decoded.damage or _cut_short(name, f.format)
-    except sf.LibsndfileError as err:
-        raise AudioError(f"Cannot read audio from '{name}': {_reason(err)}.") from err
-    if decoded.samples.size == 0:
-        raise AudioError(f"Cannot read audio from '{name}': " +
-                         (f"{decoded.damage}, before any audio" if decoded.damage else "it holds no audio samples") + ".")
-    if not np.isfinite(decoded.samples).all():
-        raise AudioError(f"Cannot read audio from '{name}': it holds NaN or infinite samples.")
-    return decoded
+    audio = AudioFile(path)
+    out = np.empty(audio.max_samples, np.float32)
+    filled = 0
+    for chunk in audio.chunks():
+        out[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return DecodedAudio(out[:filled], audio.damage)
 
 
-def damage_report(name: str, decoded: DecodedAudio) -> str:
-    return (f"'{name}' is damaged ({decoded.damage}): its first {len(decoded.samples) / SAMPLE_RATE:.1f} s "
+class AudioFile:
+    """A file's samples as 16 kHz mono float32 chunks, decoded afresh on every pass, so that a long recording
+    is never held whole (the offline path reads it twice: once for the loudness peak, once window by window).
+
+    Made, it has checked that the file exists and is audio libsndfile opens; after a whole pass of chunks(),
+    ``samples`` is how many it yielded and ``damage`` why the file ended early, when it did."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.name = os.fspath(path)
+        if os.path.isdir(self.name):
+            raise self._error("it is a directory; give the audio files in it")
+        if not os.path.isfile(self.name):
+            raise self._error("there is no such file")
+        if os.path.getsize(self.name) == 0:
+            raise self._error("the file is empty")
+        with self._open() as f:
+            # soundfile never reads past f.frames and soxr rounds n * ratio half up: this bound holds.
+            self.max_samples = (f.frames * SAMPLE_RATE + f.samplerate - 1) // f.samplerate
+        self.samples: int | None = None
+        self.damage: str | None = None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The samples, decoded, mixed down and resampled block by block; a decoder error ends them there (the
+        block it hit is lost). Raises AudioError when nothing decodes or a sample is not finite."""
+        samples = 0
+        with self._open() as f:
+            blocks = _mono_16k(f)
+            while True:
+                try:
+                    chunk = next(blocks)
+                except StopIteration as end:
+                    damage = end.value or _cut_short(self.name, f.format)
+                    break
+                if not np.isfinite(chunk).all():
+                    raise self._error("it holds NaN or infinite samples")
+                samples += len(chunk)
+                yield chunk
+        if samples == 0:
+            raise self._error(f"{damage}, before any audio" if damage else "it holds no audio samples")
+        self.samples, self.damage = samples, damage
+
+    def _open(self) -> sf.SoundFile:
+        try:
+            return sf.SoundFile(self.name)
+        except TypeError as err:  # soundfile's answer to a *.raw name: it needs the rate given
+            raise self._error("header-less RAW audio is not supported, convert it to WAV") from err
+        except sf.LibsndfileError as err:
+            raise self._error(_reason(err)) from err
+
+    def _error(self, reason: str) -> AudioError:
+        return AudioError(f"Cannot read audio from '{self.name}': {reason}.")
+
+
+def damage_report(audio: AudioFile) -> str:
+    """After a whole pass over a damaged file: what was lost, in one sentence."""
+    return (f"'{audio.name}' is damaged ({audio.damage}): its first {audio.samples / SAMPLE_RATE:.1f} s "
             "were transcribed.")
 
 
@@ -88,16 +131,6 @@ def _cut_short(name: str, container: str) -> str | None:
     return None
 
 
-def _open(name: str) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(name)
-    except TypeError as err:  # soundfile's answer to a *.raw name: it needs the rate given
-        raise AudioError(
-            f"Cannot read audio from '{name}': header-less RAW audio is not supported, "
-            "convert it to WAV."
-        ) from err
-
-
 def _reason(err: sf.LibsndfileError) -> str:
     if err.code == _UNRECOGNISED_FORMAT:
         return "it is not an audio file in a format libsndfile reads (WAV, FLAC, OGG, MP3, ...)"
@@ -106,12 +139,8 @@ def _reason(err: sf.LibsndfileError) -> str:
     return f"the file is corrupt or truncated ({err.error_string.rstrip('.')})"
 
 
-def _read_mono_16k(f: sf.SoundFile) -> DecodedAudio:
-    """Decode, mix down and resample block by block straight into the result; a decoder error ends the
-    audio there (the block it hit is lost)."""
-    # soundfile never reads past f.frames and soxr rounds n * ratio half up: this bound holds.
-    out = np.empty((f.frames * SAMPLE_RATE + f.samplerate - 1) // f.samplerate, np.float32)
-    filled = 0
+def _mono_16k(f: sf.SoundFile) -> Generator[np.ndarray, None, str | None]:
+    """The file's audio as 16 kHz mono chunks (never empty); returns why it ended early, if a decoder error ended it."""
     # soxr's stream is sample-exact with one-shot soxr.resample, and the identity at 16 kHz.
     stream = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     damage = None
@@ -122,7 +151,7 @@ def _read_mono_16k(f: sf.SoundFile) -> DecodedAudio:
             damage = f"corrupt or truncated: {err.error_string.removeprefix('Error : ').rstrip('.')}"
             block = np.zeros((0, 1), np.float32)
         chunk = stream.resample_chunk(block.mean(axis=1), last=not len(block))
-        out[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
+        if len(chunk):
+            yield chunk
         if not len(block):
-            return DecodedAudio(out[:filled], damage)  # a truncated file decodes fewer frames than it promised
+            return damage  # a truncated file decodes fewer frames than it promised

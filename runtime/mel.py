@@ -86,23 +86,25 @@ class LogMelFrontend:
         return np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
 
     @staticmethod
-    def normalize(log_mel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def normalize(log_mel: np.ndarray, out: np.ndarray | None = None, peak: float | None = None) -> np.ndarray:
         """Whisper's normalisation of ``log10`` Mel power: floored 8 below its peak (80 dB), then
-        scaled to about [-1, 1]. In place when ``out`` is ``log_mel``."""
+        scaled to about [-1, 1]. ``peak``: the whole recording's, when ``log_mel`` is a part of it
+        (None: the peak of ``log_mel``). In place when ``out`` is ``log_mel``."""
         out = np.empty_like(log_mel) if out is None else out
         if log_mel.size == 0:
             return out
-        np.maximum(log_mel, log_mel.max() - 8.0, out=out)
+        np.maximum(log_mel, (log_mel.max() if peak is None else peak) - 8.0, out=out)
         out += 4.0
         out /= 4.0
         return out
 
     @staticmethod
-    def silence_level(normalized: np.ndarray) -> float:
-        """The value digital silence takes in features normalised as ``normalize`` does: the floor, 8
-        below the log peak, which is 2 below the normalised peak. Whisper trained on 30 s windows whose
-        padding is silent audio, so this, not 0, is what a window is padded with after the audio."""
-        return float(normalized.max()) - 2.0
+    def silence_level(normalized_peak: float) -> float:
+        """The value digital silence takes in features normalised as ``normalize`` does, given their
+        normalised peak: the floor, 8 below the log peak, which is 2 below the normalised peak. Whisper
+        trained on 30 s windows whose padding is silent audio, so this, not 0, is what a window is
+        padded with after the audio."""
+        return normalized_peak - 2.0
 
     def __call__(self, audio: np.ndarray, padding: int = 0) -> np.ndarray:
         """Whisper's features of ``audio`` and ``padding`` zeros, normalised over the clip."""

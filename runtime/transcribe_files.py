@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge_asr.runtime.audio import SAMPLE_RATE, damage_report, read_audio
+from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile, damage_report
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.formats import render
 from edge_asr.runtime.transcriber import Transcriber
@@ -66,11 +66,12 @@ def transcribe_files(bundle: Path, args) -> int:
     failures = 0
     for path in args.files:
         transcript = Transcript(file=str(path), language=args.language or "", duration=0.0)
-        ok, decoded = True, None
+        ok, audio = True, None
         try:
-            decoded = read_audio(path)
-            transcript.duration, transcript.complete = len(decoded.samples) / SAMPLE_RATE, not decoded.damage
-            for window in transcriber.windows(decoded.samples, options):
+            audio = AudioFile(path)
+            mel = transcriber.features(audio)  # a first pass over the file: its length, its peak, any damage
+            transcript.duration, transcript.complete = mel.samples / SAMPLE_RATE, not audio.damage
+            for window in transcriber.windows(mel, options):
                 transcript.language = window.language
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)
@@ -85,8 +86,8 @@ def transcribe_files(bundle: Path, args) -> int:
         progress.finish()
         if ok or transcript.segments:  # a file that failed midway keeps the text already heard
             ok = _keep(transcript, args) and ok
-        if ok and decoded is not None and decoded.damage:  # what decoded is kept; the exit status says it was not all
-            ok = _report(AudioError(damage_report(str(path), decoded)))
+        if ok and audio is not None and audio.damage:  # what decoded is kept; the exit status says it was not all
+            ok = _report(AudioError(damage_report(audio)))
         failures += not ok
     return 1 if failures else 0
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
+from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile
 from edge_asr.runtime.bundle import Bundle, load_bundle
 from edge_asr.runtime.errors import AudioError
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines import load_engine
-from edge_asr.runtime.mel import HOP_LENGTH, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.mel import LogMelFrontend
+from edge_asr.runtime.recording_mel import RecordingMel
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 from edge_asr.runtime.transcript import Transcript, WindowResult
 
@@ -49,19 +50,25 @@ class Transcriber:
             window_policy=options.window_policy or self.bundle.window_policy,
         )
 
-    def windows(self, audio: np.ndarray, options: TranscribeOptions) -> Iterator[WindowResult]:
+    def features(self, audio: np.ndarray | AudioFile) -> RecordingMel:
+        """The audio's features as openai's log_mel_spectrogram(padding=N_SAMPLES) normalises them (the 30 s of
+        zeros after the audio are part of the loudness normalisation the model was trained with; their frames
+        are not decoded), computed window by window: a long file costs no more memory than a short one."""
+        if isinstance(audio, AudioFile):
+            return RecordingMel(self.frontend, audio.chunks)
+        return RecordingMel.of_array(self.frontend, _samples(audio))
+
+    def windows(self, audio: np.ndarray | AudioFile | RecordingMel, options: TranscribeOptions) -> Iterator[WindowResult]:
         """Decoded windows (up to 30 s each) as they complete, for progress and for keeping partial work."""
-        # openai's log_mel_spectrogram(padding=N_SAMPLES): the 30 s of zeros after the audio are part
-        # of the loudness normalisation the model was trained with; their frames are not decoded.
-        mel = self.frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH]
+        mel = audio if isinstance(audio, RecordingMel) else self.features(audio)
         yield from transcribe(self.engine, self.tokenizer, mel, self.with_model_facts(options))
 
     def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:
-        audio = _samples(source) if isinstance(source, np.ndarray) else load_audio(source)
+        mel = self.features(source if isinstance(source, np.ndarray) else AudioFile(source))
         options = self.with_model_facts(options or TranscribeOptions())
         name = str(source) if not isinstance(source, np.ndarray) else "<array>"
-        transcript = Transcript(file=name, language=options.language or "", duration=len(audio) / SAMPLE_RATE)
-        for window in self.windows(audio, options):
+        transcript = Transcript(file=name, language=options.language or "", duration=mel.samples / SAMPLE_RATE)
+        for window in self.windows(mel, options):
             transcript.language = window.language
             transcript.segments.extend(window.segments)
         return transcript

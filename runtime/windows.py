@@ -80,8 +80,9 @@ def encoder_frames(content_frames: int, policy: WindowPolicy, context: str | Non
     return min(max_frames, 2 * math.ceil(wanted / 2))
 
 
-def padding_value(policy: WindowPolicy, features: np.ndarray) -> float:
-    """What a window is filled with after its audio, for a recording's normalised ``features``.
+def padding_value(policy: WindowPolicy, peak: float | None) -> float:
+    """What a window is filled with after its audio, given the peak of the recording's normalised features
+    (None: it has none).
 
     A length-adaptive model was trained on windows ending in the features of silent audio (the Mel
     floor, as Whisper's own training pads its audio with zeros), and reads any other value as sound:
@@ -89,6 +90,6 @@ def padding_value(policy: WindowPolicy, features: np.ndarray) -> float:
     ``pad_or_trim``, which the streaming minimum context (STOCK_MIN_CONTEXT_S) was measured with; with
     the floor instead, its 15 s window heard JFK's "And so my fellow Americans" as "And so am I".
     """
-    if policy.needs_30s_padding or features.size == 0:
+    if policy.needs_30s_padding or peak is None:
         return 0.0
-    return LogMelFrontend.silence_level(features)
+    return LogMelFrontend.silence_level(peak)

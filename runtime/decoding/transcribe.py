@@ -22,6 +22,7 @@ from edge_asr.runtime.decoding.repetition import is_looping, token_cap
 from edge_asr.runtime.decoding.segments import SegmentSpan, split_segments
 from edge_asr.runtime.engines.base import AudioContext, Engine
 from edge_asr.runtime.mel import FRAMES_PER_SECOND
+from edge_asr.runtime.recording_mel import ArrayMel, MelSource
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
@@ -39,12 +40,12 @@ EARLY_END_S = 2.0
 def transcribe(
     engine: Engine,
     tokenizer: WhisperTokenizer,
-    mel: np.ndarray,
+    mel: np.ndarray | MelSource,
     options: TranscribeOptions | None = None,
     window_buffer: np.ndarray | None = None,
 ) -> Iterator[WindowResult]:
-    """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames) window
-    by window, each of at most options.window_frames of audio, encoded as runtime/windows.py decides
+    """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames; an array or a
+    recording_mel.MelSource that computes each window when asked) window by window, each of at most options.window_frames of audio, encoded as runtime/windows.py decides
     (padded to window_frames for stock Whisper, the audio plus a margin for a model that needs no
     padding). ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
     reused for every encoder input instead of a new array per window."""
@@ -65,7 +66,7 @@ def transcribe(
 def transcribe_windows(
     engine: Engine,
     tokenizer: WhisperTokenizer,
-    mel: np.ndarray,
+    mel: np.ndarray | MelSource,
     options: TranscribeOptions | None = None,
     window_buffer: np.ndarray | None = None,
 ) -> Steps[list[WindowResult]]:
@@ -87,25 +88,26 @@ def transcribe_windows(
 def transcribe_steps(
     engine: Engine,
     tokenizer: WhisperTokenizer,
-    mel: np.ndarray,
+    mel: np.ndarray | MelSource,
     options: TranscribeOptions | None = None,
     window_buffer: np.ndarray | None = None,
 ) -> Generator[EngineCall | WindowResult, object, None]:
     """transcribe as a generator: engine calls (whose results it is sent) and each window's result (sent None)."""
     options = (options or TranscribeOptions()).validate()
+    mel = ArrayMel(mel) if isinstance(mel, np.ndarray) else mel
     _check_mel(engine, mel, options, window_buffer)
-    content_frames = mel.shape[1]
+    content_frames = mel.frames
     state = _RecordingState(
         duration=content_frames / FRAMES_PER_SECOND,
         rng=np.random.default_rng(options.seed),
         tokens=tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else [],
     )
     language = _fixed_language(tokenizer, options)
-    padding = padding_value(options.policy, mel)
+    padding = padding_value(options.policy, mel.peak)
     seek = 0
     while seek < content_frames:
         audio_frames = min(options.window_frames, content_frames - seek)
-        content = mel[:, seek : seek + audio_frames]
+        content = mel.window(seek, seek + audio_frames)
         start = seek / FRAMES_PER_SECOND
         if _is_flat(content):
             segments, consumed = [], audio_frames
@@ -291,10 +293,10 @@ def _is_flat(content: np.ndarray) -> bool:
     return float(content.max() - content.min()) < FLAT_MEL_RANGE
 
 
-def _check_mel(engine: Engine, mel: np.ndarray, options: TranscribeOptions, buffer: np.ndarray | None) -> None:
+def _check_mel(engine: Engine, mel: MelSource, options: TranscribeOptions, buffer: np.ndarray | None) -> None:
     dims = engine.dims
-    if mel.ndim != 2 or mel.shape[0] != dims.n_mels:
-        raise EdgeAsrError(f"The Mel spectrogram must be [{dims.n_mels}, frames] not {list(mel.shape)}.")
+    if mel.n_mels != dims.n_mels:
+        raise EdgeAsrError(f"The Mel spectrogram must be [{dims.n_mels}, frames] not [{mel.n_mels}, {mel.frames}].")
     if buffer is not None and (buffer.dtype != np.float32 or buffer.size < dims.n_mels * options.window_frames):
         raise EdgeAsrError(f"The window buffer must be float32 with room for {dims.n_mels} x {options.window_frames}.")
     if options.window_frames > 2 * dims.n_audio_ctx:

@@ -85,6 +85,11 @@ class StreamingLogMel:
     def window(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Normalised features ``float32 [n_mels, stop - start]`` of frames ``[start, stop)``, over
         their own peak as for a clip of just these frames; written into ``out`` when given."""
+        out = self.log_power(start, stop, out)
+        return self.frontend.normalize(out, out=out)
+
+    def log_power(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The ``log10`` Mel power of frames ``[start, stop)``, not normalised; written into ``out`` when given."""
         oldest = max(0, self.frames_done - self.capacity_frames)
         if not 0 <= start <= stop:
             raise ValueError(f"Frames [{start}, {stop}) are not a window: need 0 <= start <= stop.")
@@ -104,7 +109,7 @@ class StreamingLogMel:
             raise ValueError(f"out has shape {out.shape}; frames [{start}, {stop}) need {shape}.")
         for columns, part in self._ring_parts(start, stop):
             out[:, part] = self._ring[:, columns]
-        return self.frontend.normalize(out, out=out)
+        return out
 
     def _append(self, samples: np.ndarray) -> None:
         """Copy ``samples`` into the work buffer piece by piece, computing each completed frame."""

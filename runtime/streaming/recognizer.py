@@ -25,6 +25,7 @@ from edge_asr.runtime.decoding.transcribe import has_words, transcribe_windows, 
 from edge_asr.runtime.engines.base import Engine
 from edge_asr.runtime.host_memory import host_buffer
 from edge_asr.runtime.mel import FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, N_FRAMES, LogMelFrontend
+from edge_asr.runtime.recording_mel import ArrayMel
 from edge_asr.runtime.streaming.agreement import LocalAgreement
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.mel_stream import StreamingLogMel
@@ -187,7 +188,7 @@ class StreamRecognizer:
         options = self.transcribe_options
         cap = token_cap(content.shape[1] / FRAMES_PER_SECOND, options.max_tokens_per_second)
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
-        padding = padding_value(options.policy, content)  # the window is normalised over its own peak
+        padding = padding_value(options.policy, ArrayMel(content).peak)  # the window is normalised over its own peak
         audio = yield Encode(window_mel(content, window_frames, self._window, padding))
         (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
         return result.text if has_words(result.text) else ""

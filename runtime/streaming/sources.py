@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 import numpy as np
 import soxr
 
-from edge_asr.runtime.audio import SAMPLE_RATE, damage_report, pcm16_to_float32, read_audio
+from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile, damage_report, pcm16_to_float32
 from edge_asr.runtime.errors import AudioError
 
 
@@ -41,8 +41,7 @@ class FileSource:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.name = os.fspath(path)
-        self.decoded = read_audio(path)  # here, not in blocks(): a bad file fails before a model loads
-        self.audio = self.decoded.samples
+        self.audio = AudioFile(path)  # here, not in blocks(): a file that is not audio fails before a model loads
         self.realtime = realtime
         self.block_samples = block_samples
         self.started_at: float | None = None
@@ -52,17 +51,19 @@ class FileSource:
 
     def blocks(self) -> Iterator[np.ndarray]:
         """In realtime mode a block comes when its last sample would have been captured, never earlier;
-        a late consumer gets it at once, so lateness shows up as latency, not as lost audio."""
+        a late consumer gets it at once, so lateness shows up as latency, not as lost audio. The file is
+        decoded as it is read: a long one is never held whole."""
         self.started_at = self._clock()
-        for start in range(0, len(self.audio), self.block_samples):
-            end = min(start + self.block_samples, len(self.audio))
+        end = 0
+        for block in _cut(self.audio.chunks(), self.block_samples):
+            end += len(block)
             if self.realtime and (wait := self.started_at + end / SAMPLE_RATE - self._clock()) > 0:
                 self._sleep(wait)
             if self._stopped:
                 return
-            yield self.audio[start:end]
-        if self.decoded.damage:  # after all that decoded: the stream makes its text, then exits non-zero
-            raise AudioError(damage_report(self.name, self.decoded))
+            yield block
+        if self.audio.damage:  # after all that decoded: the stream makes its text, then exits non-zero
+            raise AudioError(damage_report(self.audio))
 
     def stop(self) -> None:
         self._stopped = True
@@ -132,3 +133,16 @@ def _stdin() -> BinaryIO:
     if sys.stdin is None:  # started with stdin closed (`<&-`)
         raise AudioError("Cannot read audio from stdin: it is closed.")
     return sys.stdin.buffer
+
+
+def _cut(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The samples of ``chunks`` again, in blocks of ``size`` (the last one shorter)."""
+    pending = np.zeros(0, np.float32)
+    for chunk in chunks:
+        pending = np.concatenate([pending, chunk]) if len(pending) else chunk
+        whole = len(pending) - len(pending) % size
+        for at in range(0, whole, size):
+            yield pending[at : at + size]
+        pending = pending[whole:]
+    if len(pending):
+        yield pending
