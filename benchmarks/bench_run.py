@@ -158,7 +158,7 @@ def stream_subject(spec: BenchSpec) -> Subject:
         raise EdgeAsrError(f"{spec.system} has no streaming mode.")
     # The VADs before the engine, as `edge-asr stream` makes them: made after, they would run on the
     # engine's shared onnxruntime pool, whose idle threads spin after every 32 ms window.
-    vads = [SileroVad() for _ in range(spec.streams)]
+    vads = SileroVad.for_streams(spec.streams)
     audio, references = zip(*rotated_streams(spec.clips, spec.streams, np.random.default_rng(0)))
     transcriber, options = edge_asr_transcriber(spec)
     return Subject(partial(transcriber.transcribe, load_audio(spec.clips[0].path), options),

@@ -28,7 +28,7 @@ from edge_asr.runtime.cli import build_parser  # noqa: E402
 from edge_asr.runtime.engines.timed import OpTally  # noqa: E402
 from edge_asr.runtime.serving.scheduler import CapacityError, SchedulerStats  # noqa: E402
 from edge_asr.runtime.serving.serve_command import ServeOptions, serve_options  # noqa: E402
-from edge_asr.runtime.serving.server import StreamServer  # noqa: E402
+from edge_asr.runtime.serving.server import CLOSE_TIMEOUT_S, StreamServer  # noqa: E402
 from edge_asr.runtime.streaming.events import StreamEvent  # noqa: E402
 
 from conftest import run_cli  # noqa: E402
@@ -449,3 +449,48 @@ def test_arrival_clock_forgets_audio_no_final_can_reach():
         clock.arrived(512)
     assert len(clock._marks) <= ARRIVAL_HORIZON_S * 16000 // 512 + 2
     assert 0 <= clock.since(95.0) < 1.0  # recent audio still has its arrival time
+
+
+def test_audio_sent_after_end_does_not_hold_up_the_close():
+    """Messages after `end` are read and dropped: before, they filled the connection's queue, the client's close
+    reply waited behind them, and the close took the 10 s of websockets' close timeout."""
+    async def scenario():
+        async with one_client() as (server, scheduler, ws):
+            await ws.send(pcm(1600))
+            await ws.send(json.dumps({"type": "end"}))
+            for _ in range(64):
+                await ws.send(pcm(1600))
+            messages = await until_closed(ws)  # each message within 5 s, the close included
+            assert messages[-1] == {"type": "closed", "reason": "end of stream"}
+            assert ws.close_code == 1000
+            assert scheduler.opened[0].samples == 1600
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_does_not_wait_on_a_client_that_no_longer_answers():
+    """A half-open connection (a client gone without closing, here one that stops reading) cannot hold up the
+    shutdown for websockets' 10 s close timeout: the server gives a close handshake SHUTDOWN_CLOSE_S."""
+    async def scenario():
+        async with one_client() as (server, scheduler, ws):
+            ws.transport.pause_reading()
+            await asyncio.wait_for(server.shutdown(), 5)
+            ws.transport.abort()  # or the client's own close would wait for a reply it cannot read
+
+    asyncio.run(scenario())
+
+
+def test_a_second_signal_drops_the_connections_at_once():
+    """serve's answer to a second SIGINT or SIGTERM during a shutdown: abort(), which drops each connection
+    without waiting for its close handshake (CLOSE_TIMEOUT_S)."""
+    async def scenario():
+        async with one_client() as (server, scheduler, ws):
+            ws.transport.pause_reading()
+            shutdown = asyncio.create_task(server.shutdown())
+            await asyncio.sleep(0.1)
+            server.abort()
+            await asyncio.wait_for(shutdown, CLOSE_TIMEOUT_S / 2)  # without abort(), CLOSE_TIMEOUT_S
+            assert not server.sessions
+            ws.transport.abort()
+
+    asyncio.run(scenario())

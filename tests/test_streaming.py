@@ -294,3 +294,29 @@ def test_bad_vad_threshold_is_one_sentence(tiny_bundle, jfk_wav):
 def test_missing_vad_model_is_one_sentence(tiny_bundle, jfk_wav):
     out = run_cli("stream", "--vad-model", "/nonexistent.onnx", "--input", jfk_wav, "--bundle", tiny_bundle)
     assert "/nonexistent.onnx" in one_sentence(out)
+
+
+def test_streams_share_one_vad_session_and_keep_their_own_state(vad_model, jfk_audio):
+    """A server reserves one VAD session, not one per --max-streams slot (10 MB each, before); each stream's
+    recurrent state is its own: a detector that heard speech changes nothing for its twins."""
+    vads = SileroVad.for_streams(3, vad_model)
+    assert len(vads) == 3 and all(vad.session is vads[0].session for vad in vads)
+    speech = jfk_audio[: 40 * 512].reshape(40, 512)
+    lone = SileroVad(vad_model)
+    alone = [lone(window) for window in speech]
+    for window in speech[:20]:
+        vads[0](window)  # another stream's audio, heard first
+    assert [vads[1](window) for window in speech] == pytest.approx(alone, abs=1e-6)
+    assert max(alone) > 0.5  # the clip holds speech: the check can fail
+
+
+def test_a_vad_that_cannot_be_allocated_says_out_of_memory(vad_model, monkeypatch):
+    """Running out of memory while loading the VAD was reported as "not a valid ONNX file"."""
+    from edge_asr.runtime.streaming import vad as vad_module
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("onnxruntime::BFCArena: Failed to allocate memory for requested buffer of size 4194304")
+
+    monkeypatch.setattr(vad_module.ort, "InferenceSession", no_memory)
+    with pytest.raises(ModelSourceError, match="out of memory"):
+        SileroVad(vad_model)

@@ -325,7 +325,7 @@ def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> Strea
     from edge_asr.runtime.transcriber import Transcriber
 
     bundle = load_bundle(Path(bundle))
-    vads = [SileroVad(args.vad_model) for _ in range(options.max_streams)]  # before the engine: see above
+    vads = SileroVad.for_streams(options.max_streams, args.vad_model)  # before the engine: see above
     transcriber = Transcriber(bundle, threads=args.threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
     decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)

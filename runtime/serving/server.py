@@ -32,6 +32,9 @@ from edge_asr.runtime.streaming.events import StreamEvent
 
 RETRY_S = 0.02  # how often a full stream queue is tried again
 PIECE_SAMPLES = 16000  # a message goes into the stream's queue a second at a time
+# How long a close handshake may take before the connection is dropped (websockets' default, 10 s, let one
+# client that vanished without closing hold up the shutdown that long).
+CLOSE_TIMEOUT_S = 2.0
 
 
 class StreamServer:
@@ -45,7 +48,8 @@ class StreamServer:
     async def start(self) -> None:
         self.scheduler.start()
         self._server = await serve(self._connect, self.options.host, self.options.port,
-                                   process_request=self._http, max_size=self.options.max_message_bytes)
+                                   process_request=self._http, max_size=self.options.max_message_bytes,
+                                   close_timeout=CLOSE_TIMEOUT_S)
 
     @property
     def url(self) -> str:
@@ -59,6 +63,11 @@ class StreamServer:
             session.closing = session.closing or SHUTTING_DOWN
         await asyncio.to_thread(self.scheduler.stop)
         await self._server.wait_closed()
+
+    def abort(self) -> None:
+        """Drop every connection at once, finals or not: a second signal's answer to a shutdown that waits."""
+        for session in self.sessions:
+            session.connection.transport.abort()
 
     async def _connect(self, connection: ServerConnection) -> None:
         session = Session(connection, self)
@@ -147,6 +156,8 @@ class Session:
                     self._finish(Closing(protocol.IDLE, f"idle for {self.options.idle_timeout_s:g} s"))
                 else:
                     await self._take(message)
+            while True:  # after the end, what still comes is dropped: unread, it would hold up the close reply
+                await self.connection.recv()
         except ConnectionClosed as err:
             if err.sent is not None and err.sent.code == protocol.TOO_BIG:
                 self.server.metrics.error("too_big")
@@ -224,8 +235,11 @@ def run(scheduler: StreamScheduler, options: ServeOptions) -> int:
 async def _serve_until_signal(server: StreamServer) -> None:
     await server.start()
     print(f"edge-asr: serving {server.url} (metrics at /metrics); Ctrl-C stops", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    print("edge-asr: stopping: sending the finals due (signal again to stop at once)", file=sys.stderr, flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.abort)
     await server.shutdown()

@@ -45,17 +45,20 @@ class SileroVad:
     Make it before the first engine of the process: it then gets one thread of its own. Made after,
     onnxruntime puts it on the engine's shared pool, whose idle threads spin after every 32 ms call,
     and silence costs a whole core (4 % of one core otherwise; benchmarks/stream_latency.py).
+    A server's streams share one session (``for_streams``): a session costs 10 MB, a stream's state 1 KB.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None):
-        path = locate_vad_model(model)
-        try:
-            self.session = ort.InferenceSession(str(path), helper_session_options(), providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own types for a file that is not a model
-            raise ModelSourceError(f"Cannot load the VAD model '{path}': it is not a valid ONNX file.") from err
+    def __init__(self, model: str | os.PathLike | None = None, session: ort.InferenceSession | None = None):
+        self.session = session or _load(locate_vad_model(model))
         self._input = np.zeros((1, CONTEXT_SAMPLES + WINDOW_SAMPLES), np.float32)
         self._sample_rate = np.array(SAMPLE_RATE, np.int64)
         self.reset()
+
+    @classmethod
+    def for_streams(cls, count: int, model: str | os.PathLike | None = None) -> list["SileroVad"]:
+        """Detectors for ``count`` streams on one session (onnxruntime runs a session from many threads)."""
+        first = cls(model)
+        return [first] + [cls(session=first.session) for _ in range(count - 1)]
 
     def reset(self) -> None:
         """Forget the audio heard so far (a new stream)."""
@@ -72,3 +75,12 @@ class SileroVad:
             None, {"input": self._input, "state": self._state, "sr": self._sample_rate}
         )
         return float(probability[0, 0])
+
+
+def _load(path: Path) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), helper_session_options(), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for a file that is not a model
+        if "alloc" in str(err).lower():  # std::bad_alloc, "Failed to allocate": the file may be fine
+            raise ModelSourceError(f"Cannot load the VAD model '{path}': out of memory.") from err
+        raise ModelSourceError(f"Cannot load the VAD model '{path}': it is not a valid ONNX file.") from err
