@@ -182,7 +182,7 @@ class GpuMemoryWatch:
     """The peak GPU memory NVML reports for one process; None when there is no GPU or it used none."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
-        from edge_asr.benchmarks.power.nvml import gpu_memory_used_mb
+        from edge_asr.runtime.gpu_memory import gpu_memory_used_mb
 
         self.pid, self.peak_mb, self._read = pid, None, gpu_memory_used_mb
         self._stop = threading.Event()

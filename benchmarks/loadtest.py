@@ -487,10 +487,10 @@ def _answer(found: int, trials: list[dict], max_p90_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge_asr.runtime.cli import _add_model_arguments
+    from edge_asr.runtime.cli_args import add_model_arguments
 
     parser = argparse.ArgumentParser(prog="python -m edge_asr.benchmarks.loadtest", description=DESCRIPTION)
-    add_arguments(parser, _add_model_arguments)
+    add_arguments(parser, add_model_arguments)
     try:
         return run(parser.parse_args(argv))
     except EdgeAsrError as err:

@@ -1,43 +1,52 @@
-"""`edge-asr`: transcribe files or live audio with a bundle, compile one, or benchmark one (the compile
-stage and the benchmark harness are imported lazily)."""
+"""`edge-asr`: transcribe files or live audio with a bundle, compile one, or benchmark one.
+
+Commands are registered by name (COMMANDS); a command's module, and what its parser's defaults come from, are
+imported only when that command runs, so `edge-asr --help` loads neither onnxruntime nor the compile, train or
+benchmark stages."""
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import importlib.util
 import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.benchmarks.bench_command import add_bench_parser
-from edge_asr.benchmarks.loadtest_command import add_loadtest_parser
-from edge_asr.models import corpus_command
-from edge_asr.models.distill_command import add_train_parsers
-from edge_asr.runtime.audio import SAMPLE_RATE
-from edge_asr.runtime.bundle import PRECISIONS, TARGETS
-from edge_asr.runtime.cli_args import MAX_BEAM, beam_size, positive_int, thread_count
-from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, cached_bundle, require_compile_tools
+from edge_asr.runtime.cli_args import add_model_arguments, add_stream_options, positive_int
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.formats import FORMATS
-from edge_asr.runtime.serving.serve_command import add_serve_parser
-from edge_asr.runtime.streaming.recognizer import StreamOptions
-from edge_asr.runtime.streaming.segmenter import VadOptions
-from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `edge-asr COMMAND`: only ``command``'s own arguments are built (importing what they need);
+    the other commands are listed by name and help line, so `edge-asr --help` imports no command's module."""
     parser = argparse.ArgumentParser(
         prog="edge-asr",
         description="Whisper-family speech recognition for edge boards. "
         "`edge-asr transcribe FILE` transcribes with tiny.en, compiled on first use.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    built = set()
+    if command in COMMANDS:
+        COMMANDS[command].add_parser(commands)
+        built = {command, *COMMANDS[command].siblings}
+    for name, entry in COMMANDS.items():
+        if name not in built:  # never parsed: argv names another command
+            commands.add_parser(name, help=entry.help, add_help=False)
+    return parser
+
+
+def add_transcribe_parser(commands) -> None:
+    from edge_asr.runtime.formats import FORMATS
+    from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
 
     tr = commands.add_parser("transcribe", help="transcribe audio files",
                              description="Transcribe audio files (any format soundfile reads, any sample rate).")
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    _add_model_arguments(tr)
+    add_model_arguments(tr)
     tr.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: %(default)s)")
     tr.add_argument("--output", type=Path, metavar="DIR", help="write FILE's stem + .FORMAT into DIR instead of stdout")
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -46,18 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{STOCK_MIN_CONTEXT_S:g} s); full: pad every window to 30 s (default: full for stock Whisper, "
                     "utterance for a model that needs no padding)")
 
-    add_stream_parser(commands)
-    add_serve_parser(commands, _add_model_arguments, _add_stream_options)
-    add_bench_parser(commands, _add_model_arguments)
-    add_loadtest_parser(commands, _add_model_arguments)
-    corpus_command.add_corpus_parser(commands)
-
-    add_compile_parser(commands)
-    add_train_parsers(commands)
-    return parser
-
 
 def add_compile_parser(commands) -> None:
+    from edge_asr.runtime.bundle import PRECISIONS, TARGETS
+    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL
+
     co = commands.add_parser(
         "compile", help="compile a checkpoint into a bundle",
         description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]; TVM targets "
@@ -88,23 +90,9 @@ def add_compile_parser(commands) -> None:
                      help="the tuning database (default: OUTPUT.tuning beside the bundle)")
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo name (tiny.en, base, tiny.en-adaptive) or checkpoint path, compiled "
-                        f"once into the user cache (default: {DEFAULT_MODEL}; the length-adaptive student "
-                        "tiny.en-adaptive encodes a tenth of the work but still loses words on real speech)")
-    source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
-    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                        help="precision when compiling --model on first use (default: %(default)s)")
-    parser.add_argument("--beam", type=beam_size, default=1, metavar="N",
-                        help=f"beam size, at most {MAX_BEAM}; 1 is greedy (default)")
-    parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
-    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    parser.add_argument("--threads", type=thread_count, metavar="N",
-                        help="CPU threads, at most twice the cores (default: all cores of this process)")
-
-
 def add_stream_parser(commands) -> None:
+    from edge_asr.runtime.audio import SAMPLE_RATE
+
     st = commands.add_parser(
         "stream", help="live transcription of a microphone, a file or stdin",
         description="Transcribe live audio as it arrives: Silero VAD finds the speech, partial text appears "
@@ -123,30 +111,8 @@ def add_stream_parser(commands) -> None:
     st.add_argument("--format", choices=("text", "jsonl"), default="text",
                     help="text: finals as lines, with a live partial line on a terminal; jsonl: one "
                     '{"type": "partial"|"final", "start", "end", "text"} object a line (default: %(default)s)')
-    _add_model_arguments(st)
-    _add_stream_options(st)
-
-
-def _add_stream_options(parser: argparse.ArgumentParser) -> None:
-    """VAD, partials and encoder context: how `stream` and `serve` turn audio into events."""
-    defaults_vad, defaults = VadOptions(), StreamOptions()
-    vad = parser.add_argument_group("voice activity detection")
-    vad.add_argument("--vad-model", type=Path, metavar="FILE",
-                     help="Silero VAD ONNX file (default: $EDGE_ASR_VAD_MODEL, else the installed silero-vad)")
-    for flag, name, kind, metavar, meaning in (
-        ("--vad-threshold", "threshold", float, "P", "speech probability at which speech starts"),
-        ("--min-speech-ms", "min_speech_ms", int, "MS", "shorter sounds are ignored"),
-        ("--min-silence-ms", "min_silence_ms", int, "MS", "a pause this long ends an utterance"),
-        ("--pad-before-ms", "pad_before_ms", int, "MS", "audio kept before the speech of each utterance"),
-        ("--pad-after-ms", "pad_after_ms", int, "MS", "audio kept after the speech of each utterance"),
-    ):
-        vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults_vad, name), metavar=metavar,
-                         help=f"{meaning} (default: %(default)s)")
-    parser.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
-                        help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
-    parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,
-                        help="utterance: encode the utterance plus the model's margin (stock Whisper: 1 s, at least "
-                        f"{STOCK_MIN_CONTEXT_S:g} s); full: always 30 s (default: %(default)s)")
+    add_model_arguments(st)
+    add_stream_options(st)
 
 
 def _expand_shorthands(argv: list[str]) -> list[str]:
@@ -157,25 +123,10 @@ def _expand_shorthands(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_expand_shorthands(sys.argv[1:] if argv is None else argv))
+    argv = _expand_shorthands(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
-        if args.command == "compile":
-            return _compile(args)
-        if args.command == "stream":
-            return _stream(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command in ("distill", "finetune"):
-            return _train(args)
-        if args.command == "corpus":
-            return corpus_command.run(args)
-        if args.command == "loadtest":
-            from edge_asr.benchmarks import loadtest
-
-            return loadtest.run(args)
-        return _transcribe(args)
+        return COMMANDS[args.command].run(args)
     except EdgeAsrError as err:
         print(f"edge-asr: {err}", file=sys.stderr)
         return 1
@@ -201,6 +152,9 @@ def _drop_stdout() -> None:
 
 
 def _compile(args) -> int:
+    from edge_asr.runtime.bundle import TARGETS
+    from edge_asr.runtime.bundle_cache import require_compile_tools
+
     require_compile_tools(f"compiling {args.model}")
     from edge_asr.compile.bundle_writer import compile_bundle
 
@@ -234,12 +188,18 @@ def interrupt_on_termination() -> None:
             signal.signal(getattr(signal, name), signal.default_int_handler)
 
 
+def _bundle(args) -> Path:
+    """--bundle, else --model compiled into the user cache on first use."""
+    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, cached_bundle
+
+    return args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
+
+
 def _transcribe(args) -> int:
     from edge_asr.runtime.transcribe_files import transcribe_files
 
     interrupt_on_termination()
-    bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
-    return transcribe_files(bundle, args)
+    return transcribe_files(_bundle(args), args)
 
 
 def _stream(args) -> int:
@@ -249,21 +209,55 @@ def _stream(args) -> int:
         print("\n".join(microphone.list_input_devices()) or "No audio input devices.")
         return 0
     interrupt_on_termination()
-    bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
-    return stream_command.stream(bundle, args)
+    return stream_command.stream(_bundle(args), args)
 
 
 def _serve(args) -> int:
     from edge_asr.runtime.serving import serve_command
 
-    return serve_command.serve(args, lambda: args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision))
+    return serve_command.serve(args, lambda: _bundle(args))
 
 
 def _bench(args) -> int:
     from edge_asr.benchmarks import bench_command
 
-    bundle = args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
-    return bench_command.run(bundle, args)
+    return bench_command.run(_bundle(args), args)
+
+
+def _module(name: str):
+    return importlib.import_module(f"edge_asr.{name}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, what adds its parser (importing what that needs), and what runs it."""
+
+    help: str
+    add_parser: Callable[[argparse._SubParsersAction], None]
+    run: Callable[[argparse.Namespace], int]
+    siblings: tuple[str, ...] = ()  # other commands whose parsers add_parser adds too
+
+
+COMMANDS: dict[str, Command] = {
+    "transcribe": Command("transcribe audio files", add_transcribe_parser, _transcribe),
+    "stream": Command("live transcription of a microphone, a file or stdin", add_stream_parser, _stream),
+    "serve": Command("live transcription for many clients over WebSocket",
+                     lambda c: _module("runtime.serving.serve_command").add_serve_parser(c, add_model_arguments,
+                                                                                       add_stream_options), _serve),
+    "bench": Command("measure RTF, latency, memory, watts and WER",
+                     lambda c: _module("benchmarks.bench_command").add_bench_parser(c, add_model_arguments), _bench),
+    "loadtest": Command("concurrent real-time streams against `edge-asr serve`",
+                        lambda c: _module("benchmarks.loadtest_command").add_loadtest_parser(c, add_model_arguments),
+                        lambda args: _module("benchmarks.loadtest").run(args)),
+    "corpus": Command("build a speech corpus for distillation and fine-tuning",
+                      lambda c: _module("models.corpus_command").add_corpus_parser(c),
+                      lambda args: _module("models.corpus_command").run(args)),
+    "compile": Command("compile a checkpoint into a bundle", add_compile_parser, _compile),
+    "distill": Command("distil a length-adaptive student from a teacher",
+                       lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("finetune",)),
+    "finetune": Command("LoRA fine-tuning saved as a small adapter",
+                        lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("distill",)),
+}
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Argument types shared by the parsers of every `edge-asr` command."""
+"""Argument types and argument groups shared by the parsers of `edge-asr` commands (each imports what its
+defaults come from when it is called, so that importing this module costs nothing)."""
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 THREADS_PER_CORE = 2  # above this, threads only wait for each other: 64 on 2 cores ran 18x slower than 2
 # Each beam is a decoder row with its own cross-attention cache (18 MB for tiny's 30 s window, 37 MB for base's):
@@ -33,3 +35,49 @@ def beam_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"a beam of {value} would need a decoder row and its cache per beam; "
                                          f"the most is {MAX_BEAM} (Whisper's own is 5)")
     return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model (zoo name, checkpoint or bundle) and how to decode with it: every command that transcribes."""
+    from edge_asr.runtime.bundle import PRECISIONS
+    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION
+
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"zoo name (tiny.en, base, tiny.en-adaptive) or checkpoint path, compiled "
+                        f"once into the user cache (default: {DEFAULT_MODEL}; the length-adaptive student "
+                        "tiny.en-adaptive encodes a tenth of the work but still loses words on real speech)")
+    source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="precision when compiling --model on first use (default: %(default)s)")
+    parser.add_argument("--beam", type=beam_size, default=1, metavar="N",
+                        help=f"beam size, at most {MAX_BEAM}; 1 is greedy (default)")
+    parser.add_argument("--language", metavar="xx", help="language code; detected when omitted (multilingual models)")
+    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    parser.add_argument("--threads", type=thread_count, metavar="N",
+                        help="CPU threads, at most twice the cores (default: all cores of this process)")
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """VAD, partials and encoder context: how `stream` and `serve` turn audio into events."""
+    from edge_asr.runtime.streaming.recognizer import StreamOptions
+    from edge_asr.runtime.streaming.segmenter import VadOptions
+    from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
+
+    defaults_vad, defaults = VadOptions(), StreamOptions()
+    vad = parser.add_argument_group("voice activity detection")
+    vad.add_argument("--vad-model", type=Path, metavar="FILE",
+                     help="Silero VAD ONNX file (default: $EDGE_ASR_VAD_MODEL, else the installed silero-vad)")
+    for flag, name, kind, metavar, meaning in (
+        ("--vad-threshold", "threshold", float, "P", "speech probability at which speech starts"),
+        ("--min-speech-ms", "min_speech_ms", int, "MS", "shorter sounds are ignored"),
+        ("--min-silence-ms", "min_silence_ms", int, "MS", "a pause this long ends an utterance"),
+        ("--pad-before-ms", "pad_before_ms", int, "MS", "audio kept before the speech of each utterance"),
+        ("--pad-after-ms", "pad_after_ms", int, "MS", "audio kept after the speech of each utterance"),
+    ):
+        vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults_vad, name), metavar=metavar,
+                         help=f"{meaning} (default: %(default)s)")
+    parser.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
+                        help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
+    parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,
+                        help="utterance: encode the utterance plus the model's margin (stock Whisper: 1 s, at least "
+                        f"{STOCK_MIN_CONTEXT_S:g} s); full: always 30 s (default: %(default)s)")

@@ -14,7 +14,8 @@ import pytest
 from edge_asr.benchmarks.power import PowerRecording, choose
 from edge_asr.benchmarks.power import rapl as rapl_module
 from edge_asr.benchmarks.power.hwmon_ina3221 import Ina3221Sampler
-from edge_asr.benchmarks.power.nvml import NvmlSampler, gpu_memory_used_mb
+from edge_asr.benchmarks.power.nvml import NvmlSampler
+from edge_asr.runtime.gpu_memory import gpu_memory_used_mb
 from edge_asr.benchmarks.power.rapl import RaplSampler
 from edge_asr.benchmarks.power.rpi_pmic import RpiPmicSampler, parse_pmic
 from edge_asr.benchmarks.power.sampler import PowerMonitor, PowerUnavailable, unavailable

@@ -393,7 +393,7 @@ def test_non_loopback_without_token_is_refused_before_loading():
 
 def test_token_from_the_environment(monkeypatch):
     monkeypatch.setenv("EDGE_ASR_TOKEN", TOKEN)
-    options = serve_options(build_parser().parse_args(["serve", "--host", "0.0.0.0"])).validate()
+    options = serve_options(build_parser("serve").parse_args(["serve", "--host", "0.0.0.0"])).validate()
     assert options.token == TOKEN and not options.loopback
     assert ServeOptions(host="::1").validate().loopback
 

@@ -320,3 +320,17 @@ def test_a_vad_that_cannot_be_allocated_says_out_of_memory(vad_model, monkeypatc
     monkeypatch.setattr(vad_module.ort, "InferenceSession", no_memory)
     with pytest.raises(ModelSourceError, match="out of memory"):
         SileroVad(vad_model)
+
+
+def test_the_public_api_transcribes_a_file_and_a_stream(tiny_bundle, vad_model, jfk_wav, jfk_audio):
+    """The README's Python examples, as written there: the names come from the package's door."""
+    from edge_asr.runtime import SileroVad as Vad, StreamOptions as Options, StreamRecognizer as Recognizer
+    from edge_asr.runtime import Transcriber, TranscribeOptions
+
+    vad = Vad(vad_model)  # before the engine: it then gets a thread of its own
+    transcriber = Transcriber(tiny_bundle, threads=1)
+    offline = transcriber.transcribe(jfk_wav, TranscribeOptions(beam_size=2)).text
+    recognizer = Recognizer(transcriber.engine, transcriber.tokenizer, vad, transcriber.options(), Options())
+    events = [e for at in range(0, len(jfk_audio), 1600) for e in recognizer.push(jfk_audio[at : at + 1600])]
+    live = final_text(events + recognizer.flush())
+    assert wer(JFK_TEXT, offline) == 0 and wer(JFK_TEXT, live) == 0

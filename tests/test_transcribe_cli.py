@@ -140,3 +140,33 @@ def test_inputs_with_one_name_keep_both_outputs_and_a_bad_output_is_found_first(
     blocked.write_text("not a directory")
     refused = run_cli("transcribe", "--bundle", tiny_bundle, "--output", blocked, jfk_wav)
     assert refused.returncode == 1 and "output directory" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def _modules_loaded_by(script: str) -> list[str]:
+    import subprocess
+    import sys
+
+    script += ("\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'tokenizers', "
+               "'torch', 'numpy') or m.startswith(('edge_asr.benchmarks', 'edge_asr.models', 'edge_asr.compile'))))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return eval(out.stdout)
+
+
+def test_the_command_line_imports_only_the_command_that_runs():
+    """`edge-asr --help` imports no command's module (before: onnxruntime, tokenizers, and the benchmark, corpus
+    and distil parsers, 212 ms); `transcribe` builds its parser without the other stages or the engine."""
+    assert _modules_loaded_by("from edge_asr.runtime.cli import build_parser; build_parser()") == []
+    loaded = _modules_loaded_by("from edge_asr.runtime.cli import build_parser; build_parser('transcribe')")
+    assert not [m for m in loaded if m.split(".")[0] in ("onnxruntime", "tokenizers", "torch")
+                or m.startswith(("edge_asr.benchmarks", "edge_asr.models", "edge_asr.compile"))], loaded
+
+
+def test_the_runtime_package_imports_neither_benchmarks_nor_models():
+    """Every runtime module loads without the benchmark or model stages (their users import runtime, not the
+    other way round); optional backends (TensorRT, TVM, CUDA) may be missing here."""
+    script = ("import importlib, pkgutil, edge_asr.runtime as r\n"
+              "for m in pkgutil.walk_packages(r.__path__, 'edge_asr.runtime.'):\n"
+              "    try:\n        importlib.import_module(m.name)\n"
+              "    except ImportError as err:\n        assert 'edge_asr' not in str(err), err\n")
+    loaded = _modules_loaded_by(script)
+    assert not [m for m in loaded if m.startswith(("edge_asr.benchmarks", "edge_asr.models"))], loaded

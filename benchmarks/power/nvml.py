@@ -1,11 +1,10 @@
-"""NVIDIA GPU board power and this process's GPU memory, through NVML (pynvml, imported when used).
+"""NVIDIA GPU board power through NVML (pynvml, imported when used); this process's GPU memory is
+runtime/gpu_memory.py's.
 
 On Ampere and newer GPUs (except the A100) NVML's power reading is a 1-second average, so a run of a
 few seconds has its start smoothed and its peak lowered; the mean over a longer run is unaffected.
 """
 from __future__ import annotations
-
-import os
 
 from edge_asr.benchmarks.power.sampler import PowerUnavailable
 
@@ -61,25 +60,3 @@ class NvmlSampler:
         if self._nvml is not None:
             self._nvml.nvmlShutdown()
             self._nvml = None
-
-
-def gpu_memory_used_mb(index: int = 0, pid: int | None = None, nvml_module=None) -> float | None:
-    """GPU memory in MiB that process `pid` (this one by default) holds on GPU `index`, or None when NVML cannot
-    say: no driver, the process has no context there, or a container whose PIDs NVML does not see."""
-    pid = os.getpid() if pid is None else pid
-    try:
-        nvml = _nvml(nvml_module)
-    except PowerUnavailable:
-        return None
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError:
-        return None
-    try:
-        processes = nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(index))
-        used = next((p.usedGpuMemory for p in processes if p.pid == pid), None)
-        return used / 2**20 if used is not None else None
-    except nvml.NVMLError:
-        return None
-    finally:
-        nvml.nvmlShutdown()

@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from edge_asr.benchmarks.power.nvml import gpu_memory_used_mb
+from edge_asr.runtime.gpu_memory import gpu_memory_used_mb
 from edge_asr.runtime.serving import protocol
 from edge_asr.runtime.serving.metrics import ArrivalClock, ServerMetrics
 from edge_asr.runtime.serving.protocol import END_OF_STREAM, SHUTTING_DOWN, Closing, ProtocolError
