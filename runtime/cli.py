@@ -85,7 +85,8 @@ def add_compile_parser(commands) -> None:
     tvm.add_argument("--trials", type=positive_int, default=1000, metavar="N",
                      help="measurements per graph (encoder, decoder) (default: %(default)s)")
     tvm.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC tracker the board is registered with")
-    tvm.add_argument("--rpc-key", default="rpi4", metavar="KEY", help="the board's key at the tracker (default: %(default)s)")
+    tvm.add_argument("--rpc-key", default="rpi4", metavar="KEY",
+                     help="the board's key at the tracker (default: %(default)s)")
     tvm.add_argument("--tuning-db", type=Path, metavar="DIR",
                      help="the tuning database (default: OUTPUT.tuning beside the bundle)")
 

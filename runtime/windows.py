@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.mel import FRAMES_PER_SECOND, N_FRAMES, LogMelFrontend

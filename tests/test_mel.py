@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from edge_asr.runtime.mel import (
     HOP_LENGTH,
     N_FFT,
-    N_FRAMES,
     N_SAMPLES,
     LogMelFrontend,
     hann_window,

@@ -108,7 +108,8 @@ class Cache:
 
     def decode(self, session, cross, tokens, offsets, select, rows=slice(None)) -> np.ndarray:
         """One decoder pass for the cache rows ``rows``; writes the new keys/values at the offsets."""
-        feeds = decoder_feeds(tokens, offsets, self.k[:, rows], self.v[:, rows], cross[0][:, rows], cross[1][:, rows], select)
+        feeds = decoder_feeds(tokens, offsets, self.k[:, rows], self.v[:, rows], cross[0][:, rows], cross[1][:, rows],
+                              select)
         logits, new_k, new_v = session.run(None, feeds)
         for i, (row, offset) in enumerate(zip(range(self.k.shape[1])[rows], offsets)):
             self.k[:, row, offset : offset + tokens.shape[1]] = new_k[:, i]

@@ -3,7 +3,6 @@ another corpus, and training from the cache alone."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from edge_asr.models.teacher_cache import LabelledAudio, cached_examples
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.mel import N_FRAMES
 
-from test_distill import SETTINGS, TINY, tiny_model
+from test_distill import SETTINGS, tiny_model
 
 K = 8
 

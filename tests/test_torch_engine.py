@@ -3,7 +3,6 @@ audio lengths together with each row's own logits, the engine loop drives it, an
 bundle loads (on the CPU here; the CUDA half runs where a GPU is, through benchmarks/gpu_check.py)."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest

@@ -111,7 +111,8 @@ def test_the_runtime_transcribes_without_importing_torch_or_the_compile_stage(ti
         "import sys\n"
         "from edge_asr.runtime.transcriber import Transcriber\n"
         f"print(Transcriber({str(tiny_bundle)!r}, threads=1).transcribe({str(jfk_wav)!r}).text)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') or m.startswith('edge_asr.compile'))\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in ('torch', 'onnx') or m.startswith('edge_asr.compile'))\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

@@ -45,7 +45,8 @@ def transcribe(
     window_buffer: np.ndarray | None = None,
 ) -> Iterator[WindowResult]:
     """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames; an array or a
-    recording_mel.MelSource that computes each window when asked) window by window, each of at most options.window_frames of audio, encoded as runtime/windows.py decides
+    recording_mel.MelSource that computes each window when asked) window by window, each of at most
+    options.window_frames of audio, encoded as runtime/windows.py decides
     (padded to window_frames for stock Whisper, the audio plus a margin for a model that needs no
     padding). ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
     reused for every encoder input instead of a new array per window."""
