@@ -159,7 +159,7 @@ def stream_subject(spec: BenchSpec) -> Subject:
     # The VADs before the engine, as `edge-asr stream` makes them: made after, they would run on the
     # engine's shared onnxruntime pool, whose idle threads spin after every 32 ms window.
     vads = SileroVad.for_streams(spec.streams)
-    audio, references = zip(*rotated_streams(spec.clips, spec.streams, np.random.default_rng(0)))
+    audio, references = zip(*rotated_streams(spec.clips, spec.streams, np.random.default_rng(0)), strict=True)
     transcriber, options = edge_asr_transcriber(spec)
     return Subject(partial(transcriber.transcribe, load_audio(spec.clips[0].path), options),
                    partial(stream_pass, transcriber, options, vads, list(audio)), transcriber.engine,
@@ -203,7 +203,7 @@ def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float
     """The run as the result document states it: medians over the passes, texts of the last one."""
     audio_s, seconds, last = sum(subject.audio_s), statistics.median(p.seconds for p in passes), passes[-1]
     rows = []
-    for i, (name, reference) in enumerate(zip(subject.names, subject.references)):
+    for i, (name, reference) in enumerate(zip(subject.names, subject.references, strict=True)):
         row_seconds = statistics.median(p.clip_seconds[i] for p in passes)
         rows.append({"name": name, "audio_s": subject.audio_s[i], "seconds": row_seconds,
                      "rtf": row_seconds / subject.audio_s[i], "text": last.texts[i], "reference": reference,
@@ -219,7 +219,7 @@ def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float
         "encoder_s": encoder_s, "decoder_s": decoder_s, "tokens": tokens,
         "tokens_per_s": tokens / decoder_s if tokens and decoder_s else None,
         "peak_rss_mb": None, "gpu_peak_mb": None,
-        "wer": corpus_wer(list(zip(subject.references, last.texts))) if all(subject.references) else None,
+        "wer": corpus_wer(list(zip(subject.references, last.texts, strict=True))) if all(subject.references) else None,
         "clips": rows,
         "latency": latency_figures(latencies, all(p.kept_up for p in passes)) if spec.mode == "stream" else None,
         "power": [summary.to_dict() | {"joules_per_audio_s": summary.per_audio_second(audio_s * len(passes))}

@@ -144,7 +144,7 @@ async def _play_all(url: str, token: str | None, plan: list[tuple[np.ndarray, st
                     chunk: int) -> list[StreamRun]:
     """All streams in this one event loop; the first that fails to connect ends the others."""
     tasks = [asyncio.create_task(_play(url, token, i, audio, reference, offset, chunk))
-             for i, ((audio, reference), offset) in enumerate(zip(plan, offsets))]
+             for i, ((audio, reference), offset) in enumerate(zip(plan, offsets, strict=True))]
     try:
         return list(await asyncio.gather(*tasks))
     finally:

@@ -68,7 +68,8 @@ def _cpu_model(cpuinfo: dict[str, list[str]]) -> str | None:
 
     The core table goes first because 32-bit ARM kernels give a "model name" such as "ARMv7 Processor
     rev 3 (v7l)", which does not say which core it is."""
-    cores = [(i.lower(), p.lower()) for i, p in zip(cpuinfo.get("CPU implementer", []), cpuinfo.get("CPU part", []))]
+    implementers, parts = cpuinfo.get("CPU implementer", []), cpuinfo.get("CPU part", [])
+    cores = [(i.lower(), p.lower()) for i, p in zip(implementers, parts, strict=False)]  # a field may be missing
     known = [ARM_CORES[core] for core in cores if core in ARM_CORES]
     if known:
         return " + ".join(dict.fromkeys(known))

@@ -86,7 +86,7 @@ def play(recognizers: list[StreamRecognizer], audio: list[np.ndarray]) -> Playba
     for stop in range(BLOCK, length + BLOCK, BLOCK):
         due = started + min(stop, length) / SAMPLE_RATE
         time.sleep(max(0.0, due - time.monotonic()))
-        for index, (recognizer, samples) in enumerate(zip(recognizers, audio)):
+        for index, (recognizer, samples) in enumerate(zip(recognizers, audio, strict=True)):
             if stop - BLOCK >= len(samples):
                 continue
             at_end = stop >= len(samples)

@@ -196,7 +196,7 @@ def _clip_table(runs: list[dict]) -> list[str]:
 def _labels(runs: list[dict]) -> list[str]:
     """Each run's system, with its configuration where two runs share a system."""
     systems = [r["system"] for r in runs]
-    return [s if systems.count(s) == 1 else f"{s}, {r.get('config', '')}" for s, r in zip(systems, runs)]
+    return [s if systems.count(s) == 1 else f"{s}, {r.get('config', '')}" for s, r in zip(systems, runs, strict=True)]
 
 
 # --- Plot --------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def plot(doc: dict, path: str | Path) -> Path | None:
     axes = figure.subplots(1, 2 if spread else 1, squeeze=False)[0]
     positions = range(1, len(runs) + 1)
     axes[0].bar(positions, [r["rtf"] for r in runs], color="tab:blue", alpha=0.6)
-    for x, values in zip(positions, clip_rtfs):
+    for x, values in zip(positions, clip_rtfs, strict=True):
         axes[0].scatter([x] * len(values), values, color="black", s=12, zorder=3)
     axes[0].set(title="Real-time factor (lower is faster)", ylabel="RTF", xticks=list(positions), xticklabels=names)
     if spread:
@@ -235,7 +235,7 @@ Boxes = list[tuple[str, list[float]]]  # (tick label, values) per box
 def _spread(runs: list[dict], names: list[str], clip_rtfs: list[list[float]]) -> tuple[str, str, Boxes]:
     """The right panel: latencies in ms where any run has them (stream mode), else each run's per-clip RTFs."""
     latencies = [(name, [v * 1000 for v in r["latency"]["values_s"]])
-                 for name, r in zip(names, runs) if (r.get("latency") or {}).get("values_s")]
+                 for name, r in zip(names, runs, strict=True) if (r.get("latency") or {}).get("values_s")]
     if latencies:
         return "Latency to final text", "ms", latencies
-    return "RTF per clip", "RTF", [(name, values) for name, values in zip(names, clip_rtfs) if values]
+    return "RTF per clip", "RTF", [(name, values) for name, values in zip(names, clip_rtfs, strict=True) if values]

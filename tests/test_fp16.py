@@ -23,6 +23,7 @@ def fp16_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fp16_graphs_keep_fp32_edges_and_normalisation(fp16_bundle):
     import onnx
     from onnx import TensorProto
@@ -35,6 +36,7 @@ def test_fp16_graphs_keep_fp32_edges_and_normalisation(fp16_bundle):
     assert {n.op_type for n in model.graph.node} >= {"Cast"}  # the edges and the fp32-kept ops
 
 
+@pytest.mark.slow
 def test_fp16_logits_follow_fp32(fp16_bundle, tiny_fp32_bundle, jfk_wav):
     audio = load_audio(jfk_wav)
     logits = []

@@ -143,6 +143,7 @@ def test_p90_is_over_all_finals_and_fairness_sees_the_spread(tmp_path, serve, cl
     assert trial["jain_mean_latency"] == pytest.approx(1.96 / (4 * 0.54), abs=0.03)
 
 
+@pytest.mark.slow
 def test_a_late_closed_event_means_the_stream_did_not_keep_up(tmp_path, serve, clips):
     url = serve(FakeServer(closed_delay_s=3.0))
     trial = loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "1")["trials"][0]
@@ -152,6 +153,7 @@ def test_a_late_closed_event_means_the_stream_did_not_keep_up(tmp_path, serve, c
     assert trial["wer"] is None  # cut by --seconds
 
 
+@pytest.mark.slow
 def test_find_max_against_latency_that_grows_with_the_streams(tmp_path, serve, clips, monkeypatch, capsys):
     monkeypatch.setattr(loadtest, "STAGGER_S", 0.2)  # every stream is connected before the first one ends
     url = serve(FakeServer(delay=lambda number, peak: 0.15 * peak))
@@ -208,6 +210,7 @@ def test_a_server_child_that_dies_at_start_up_says_why(tmp_path, clips, capsys):
     assert len(err.split("): ", 1)[1]) > 0  # its last stderr line
 
 
+@pytest.mark.slow
 def test_a_server_started_here_serves_the_trial(tmp_path, tiny_bundle, jfk_wav):
     """No --url: `edge-asr serve` starts on a port of its own choosing, JFK's first 4 s go through it."""
     folder = tmp_path / "jfk"

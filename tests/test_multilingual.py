@@ -11,6 +11,8 @@ from conftest import run_cli
 from edge_asr.benchmarks.wer import normalise
 from edge_asr.benchmarks.clips import JFK_TEXT
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def german_wav(tmp_path_factory):

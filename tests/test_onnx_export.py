@@ -184,6 +184,7 @@ def _prompt_logits(exported: Exported, encoder, decoder, mel: np.ndarray, tokens
     return Cache(exported.model.dims, batch).decode(decoder, cross, tokens, [0] * batch, select)
 
 
+@pytest.mark.slow
 def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
     """Quantization perturbs logits by design, so only the argmax is compared.
 

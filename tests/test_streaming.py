@@ -84,6 +84,7 @@ def seconds(s: float) -> int:
 # --- words as offline -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streaming_the_developer_clips_gives_the_offline_words(transcriber, new_recognizer):
     clips = developer_clips()  # JFK alone when the LibriVox clips are not installed
     offline = [transcriber.transcribe(c.path).text for c in clips]

@@ -165,6 +165,7 @@ def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
     assert table[2] == "| student | 0.00 % + 2 words | 50.00 % | 0 | 0.20 |"
 
 
+@pytest.mark.slow
 def test_the_shipped_student_is_a_zoo_model_that_transcribes(tmp_path, jfk_wav):
     """models/students/tiny.en-adaptive: a delta on tiny.en that `--model` takes like tiny.en; its checkpoint
     carries its audio-length windows and its silence gate, and its int8 bundle hears JFK."""

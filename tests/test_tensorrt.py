@@ -542,6 +542,7 @@ def _stand_in_bundle(fp32: Path, folder: Path) -> Bundle:
                                       "tensorrt": record})
 
 
+@pytest.mark.slow
 def test_engine_buffers_on_a_stand_in_gpu_decode_as_onnxruntime(stand_in_backend, tiny_fp32_bundle, tmp_path,
                                                                  jfk_wav):
     """The engine's device-buffer logic (layer addresses, cache writes, takes, int32 feeds, page-locked

@@ -82,6 +82,7 @@ def test_the_engine_loop_drives_the_torch_pool():
         assert job.error is None and all(np.abs(g - w).max() < 1e-4 for g, w in zip(job.result, expected))
 
 
+@pytest.mark.slow
 def test_cuda_bundle_runs_on_the_cpu_when_told_and_refuses_clearly_without_a_gpu(tmp_path_factory):
     checkpoint = save_tiny_whisper(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
     bundle = compiled_bundle(tmp_path_factory, "cuda", "--model", checkpoint, "--target", "cuda")

@@ -81,6 +81,7 @@ def test_any_rate_and_channels_are_resampled_and_mixed(tiny_bundle, jfk_wav, tmp
     assert normalise(out.stdout) == normalise(JFK_TEXT)
 
 
+@pytest.mark.slow
 def test_developer_clips_wer_is_within_half_a_point_of_faster_whisper(tiny_bundle):
     """Same tiny.en weights, greedy, int8 on both sides; faster-whisper is the independent peer."""
     pytest.importorskip("faster_whisper", reason="needs faster-whisper (pip install -e '.[dev]')")

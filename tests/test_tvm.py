@@ -16,6 +16,8 @@ from edge_asr.benchmarks.clips import JFK_TEXT
 from edge_asr.benchmarks.wer import normalise
 from conftest import compiled_bundle, require, run_cli, save_tiny_whisper
 
+pytestmark = pytest.mark.slow
+
 # The whole TVM, compiler included, before any engine imports it runtime-only: the tests also tune and build.
 pytest.importorskip("tvm", reason="needs apache-tvm (pip install -e '.[dev]')")
 

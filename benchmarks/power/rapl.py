@@ -51,7 +51,7 @@ class RaplSampler:
         if previous is None or now <= previous[0]:
             return None
         # A counter that wrapped past max_energy_range_uj reads lower than before: the modulo adds the range back.
-        microjoules = sum((e - p) % r for e, p, r in zip(energy, previous[1], self._ranges))
+        microjoules = sum((e - p) % r for e, p, r in zip(energy, previous[1], self._ranges, strict=True))
         return microjoules / 1e6 / (now - previous[0])
 
     def close(self) -> None:

@@ -281,7 +281,7 @@ class TensorRTKVCache:
             return taken
         # Beam search reorders every step: gathering into a spare pair and swapping costs no allocation.
         spare = self._spare or (self._zeros(), self._zeros())
-        for dst, src in zip(spare, (self.self_k, self.self_v)):
+        for dst, src in zip(spare, (self.self_k, self.self_v), strict=True):
             cuda.take_rows(dst, src, layers, batch, rows, row_bytes, width, stream)
         self._spare, (self.self_k, self.self_v) = (self.self_k, self.self_v), spare
         return self

@@ -23,7 +23,7 @@ class LocalAgreement:
         """Takes the newest hypothesis of the whole utterance; returns (stable text, unstable rest)."""
         words = hypothesis.split()
         agreed = 0
-        for old, new in zip(self._previous, words):
+        for old, new in zip(self._previous, words, strict=False):
             if _key(old) != _key(new):
                 break
             agreed += 1
@@ -36,5 +36,5 @@ class LocalAgreement:
 
     def _extends_stable(self, words: list[str]) -> bool:
         return len(words) >= len(self.stable) and all(
-            _key(a) == _key(b) for a, b in zip(self.stable, words)
+            _key(a) == _key(b) for a, b in zip(self.stable, words, strict=False)
         )
