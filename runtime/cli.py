@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.runtime.cli_args import add_model_arguments, add_stream_options, positive_int
+from edge_asr.runtime.cli_args import add_model_arguments, add_stream_options, decoding_options, positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 
@@ -197,10 +197,12 @@ def _bundle(args) -> Path:
 
 
 def _transcribe(args) -> int:
-    from edge_asr.runtime.transcribe_files import transcribe_files
+    from edge_asr.runtime.transcribe_files import FileOutput, transcribe_files
 
     interrupt_on_termination()
-    return transcribe_files(_bundle(args), args)
+    decoding = decoding_options(args, encoder_context=args.encoder_context)
+    output = FileOutput(args.format, args.output, progress=not args.no_progress)
+    return transcribe_files(_bundle(args), args.files, decoding, output, args.threads)
 
 
 def _stream(args) -> int:

@@ -81,3 +81,11 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,
                         help="utterance: encode the utterance plus the model's margin (stock Whisper: 1 s, at least "
                         f"{STOCK_MIN_CONTEXT_S:g} s); full: always 30 s (default: %(default)s)")
+
+
+def decoding_options(args: argparse.Namespace, **more):
+    """The TranscribeOptions of add_model_arguments' flags (and ``more``); what they leave unset (None) is the
+    model's own, filled in from the bundle by Transcriber.with_model_facts."""
+    from edge_asr.runtime.decoding.options import TranscribeOptions
+
+    return TranscribeOptions(beam_size=args.beam, language=args.language, task=args.task, **more)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile, damage_report
+from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.formats import render
 from edge_asr.runtime.transcriber import Transcriber
@@ -52,20 +54,32 @@ def check_output(directory: Path) -> None:
         raise EdgeAsrError(f"the output directory {directory} is not a directory this user can write to.")
 
 
-def transcribe_files(bundle: Path, args) -> int:
-    if args.output is not None:
-        check_output(args.output)
-        args.output_names = output_names(args.files, args.format)
-        renamed = [f"{path} -> {name}" for path, name in args.output_names.items() if name != f"{path.stem}.{args.format}"]
+@dataclass(frozen=True)
+class FileOutput:
+    """Where `edge-asr transcribe` puts each transcript: stdout, or one file per input in ``directory``."""
+
+    format: str = "txt"
+    directory: Path | None = None
+    progress: bool = True  # a progress line on stderr, on a terminal
+    names: dict[Path, str] = field(default_factory=dict)  # input -> file name in directory (output_names)
+
+
+def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOptions, output: FileOutput,
+                     threads: int | None = None) -> int:
+    """Transcribes ``files`` one by one with the bundle's model facts filled into ``decoding``; returns the exit
+    status (1 when any file failed or was damaged)."""
+    if output.directory is not None:
+        check_output(output.directory)
+        output = replace(output, names=output_names(files, output.format))
+        renamed = [f"{path} -> {name}" for path, name in output.names.items() if name != f"{path.stem}.{output.format}"]
         if renamed:
             print(f"edge-asr: inputs share a name; numbered outputs: {', '.join(renamed)}", file=sys.stderr)
-    transcriber = Transcriber(bundle, threads=args.threads)
-    options = transcriber.options(beam_size=args.beam, language=args.language, task=args.task,
-                                  encoder_context=args.encoder_context)
-    progress = Progress(not args.no_progress)
+    transcriber = Transcriber(bundle, threads=threads)
+    options = transcriber.with_model_facts(decoding).validate()
+    progress = Progress(output.progress)
     failures = 0
-    for path in args.files:
-        transcript = Transcript(file=str(path), language=args.language or "", duration=0.0)
+    for path in files:
+        transcript = Transcript(file=str(path), language=decoding.language or "", duration=0.0)
         ok, audio = True, None
         try:
             audio = AudioFile(path)
@@ -80,12 +94,12 @@ def transcribe_files(bundle: Path, args) -> int:
         except KeyboardInterrupt:
             progress.finish()
             transcript.complete = False
-            _keep(transcript, args)
+            _keep(transcript, output)
             print(f"edge-asr: interrupted; {path} is transcribed up to {_last_end(transcript):.1f} s", file=sys.stderr)
             return 130
         progress.finish()
         if ok or transcript.segments:  # a file that failed midway keeps the text already heard
-            ok = _keep(transcript, args) and ok
+            ok = _keep(transcript, output) and ok
         if ok and audio is not None and audio.damage:  # what decoded is kept; the exit status says it was not all
             ok = _report(AudioError(damage_report(audio)))
         failures += not ok
@@ -97,9 +111,9 @@ def _report(err: EdgeAsrError) -> bool:
     return False
 
 
-def _keep(transcript: Transcript, args) -> bool:
+def _keep(transcript: Transcript, output: FileOutput) -> bool:
     try:
-        _emit(transcript, args)
+        _emit(transcript, output)
         return True
     except EdgeAsrError as err:
         return _report(err)
@@ -109,15 +123,15 @@ def _last_end(transcript: Transcript) -> float:
     return transcript.segments[-1].end if transcript.segments else 0.0
 
 
-def _emit(transcript: Transcript, args) -> None:
-    text = render(transcript, args.format)
+def _emit(transcript: Transcript, output: FileOutput) -> None:
+    text = render(transcript, output.format)
     if text and not text.endswith("\n"):
         text += "\n"
-    if args.output is None:
+    if output.directory is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    target = args.output / args.output_names[Path(transcript.file)]
+    target = output.directory / output.names[Path(transcript.file)]
     try:
         target.write_text(text)
     except OSError as err:  # the text is not lost: it goes to stdout instead

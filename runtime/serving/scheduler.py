@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE
+from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.engines.timed import OpTally, TimedEngine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
-from edge_asr.runtime.streaming.recognizer import StreamRecognizer
+from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 
 
 class CapacityError(EdgeAsrError):
@@ -318,16 +319,18 @@ def _deliver(callback, *args) -> None:
         print(f"edge-asr: a stream's callback failed: {err}", file=sys.stderr)
 
 
-def build_scheduler(bundle, args, options: SchedulerOptions, streaming) -> StreamScheduler:
-    """The scheduler `edge-asr serve` runs, from its validated options and the model options of `args`."""
+def build_scheduler(bundle: Path, decoding: TranscribeOptions, options: SchedulerOptions, streaming: StreamOptions,
+                    threads: int | None = None, vad_model: Path | None = None) -> StreamScheduler:
+    """The scheduler `edge-asr serve` runs: ``decoding`` with the bundle's model facts filled in, ``streaming``
+    (StreamOptions) for every stream, and one VAD session for every slot."""
     from edge_asr.runtime.bundle import load_bundle
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
     bundle = load_bundle(Path(bundle))
-    vads = SileroVad.for_streams(options.max_streams, args.vad_model)  # before the engine: see above
-    transcriber = Transcriber(bundle, threads=args.threads)
+    vads = SileroVad.for_streams(options.max_streams, vad_model)  # before the engine: see above
+    transcriber = Transcriber(bundle, threads=threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
-    decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
+    decoding = transcriber.with_model_facts(decoding).validate()
     return StreamScheduler(partial(StreamRecognizer, timed, transcriber.tokenizer,
                                    transcribe_options=decoding, options=streaming), vads, options, timed)

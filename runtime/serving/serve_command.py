@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.runtime.errors import require
-from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.cli_args import decoding_options
+from edge_asr.runtime.errors import EdgeAsrError, require
 from edge_asr.runtime.serving.scheduler import SchedulerOptions, build_scheduler
 
 USAGE_EXIT = 2  # as argparse's: options that cannot work, refused before anything loads
@@ -133,4 +133,6 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
         raise EdgeAsrError(f"edge-asr serve needs {', '.join(missing)}: pip install 'edge-asr[serve]'.")
     from edge_asr.runtime.serving.server import run
 
-    return run(build_scheduler(find_bundle(), args, scheduling, streaming), options)
+    scheduler = build_scheduler(find_bundle(), decoding_options(args), scheduling, streaming, args.threads,
+                                args.vad_model)
+    return run(scheduler, options)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from edge_asr.runtime.cli_args import decoding_options
+from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import SINKS
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
@@ -30,15 +32,22 @@ def stream_options(args) -> StreamOptions:
 
 
 def stream(bundle: Path, args) -> int:
+    """`edge-asr stream`: its flags made into options and a source, then run."""
+    options = stream_options(args).validate()  # a bad option is refused before anything loads
+    vad = SileroVad(args.vad_model)  # before the engine: see SileroVad
+    source = open_source(args)
+    recognizer = new_recognizer(bundle, decoding_options(args), options, vad, args.threads)
+    return run(source, recognizer, SINKS[args.format](sys.stdout))
+
+
+def new_recognizer(bundle: Path, decoding: TranscribeOptions, options: StreamOptions, vad: SileroVad,
+                   threads: int | None = None) -> StreamRecognizer:
+    """A recognizer on the bundle's engine, the bundle's model facts filled into ``decoding``."""
     from edge_asr.runtime.transcriber import Transcriber
 
-    options = stream_options(args).validate()  # a bad option is refused before anything loads
-    vad = SileroVad(args.vad_model)
-    source = open_source(args)
-    transcriber = Transcriber(bundle, threads=args.threads)
-    decoding = transcriber.options(beam_size=args.beam, language=args.language, task=args.task)
-    recognizer = StreamRecognizer(transcriber.engine, transcriber.tokenizer, vad, decoding, options)
-    return run(source, recognizer, SINKS[args.format](sys.stdout))
+    transcriber = Transcriber(bundle, threads=threads)
+    decoding = transcriber.with_model_facts(decoding).validate()
+    return StreamRecognizer(transcriber.engine, transcriber.tokenizer, vad, decoding, options)
 
 
 def run(source: AudioSource, recognizer: StreamRecognizer, sink) -> int:
