@@ -1,6 +1,9 @@
 """The onnxruntime engine under decoding paths with several rows: sampling groups and window batches."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -39,3 +42,13 @@ def test_a_batch_of_windows_decodes_like_each_window_alone(transcriber, jfk_mel,
     together = decode_window(engine, tokenizer, engine.encode(np.stack([jfk_mel, other])), options)
     assert [r.text for r in together] == alone
     assert normalise(alone[1]) == "he might even have been made amiable himself"
+
+
+def test_a_second_thread_count_in_one_process_is_refused(tiny_bundle):
+    """onnxruntime sizes one pool for every engine of a process; an engine asking for another size was silently
+    given the first one's. In a process of its own, as the pool is the process's."""
+    script = (f"from edge_asr.runtime import Transcriber, EdgeAsrError\nTranscriber({str(tiny_bundle)!r}, threads=1)\n"
+              f"Transcriber({str(tiny_bundle)!r}, threads=1)\n"
+              f"try:\n    Transcriber({str(tiny_bundle)!r}, threads=2)\nexcept EdgeAsrError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "first engine sized at 1; an engine asking for 2 threads cannot be made" in out.stdout

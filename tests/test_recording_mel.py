@@ -42,7 +42,7 @@ def test_a_long_file_is_transcribed_at_flat_memory(tiny_bundle, jfk_wav, tmp_pat
         silence = np.zeros(60 * SAMPLE_RATE, np.float32)
         for minute in range(20):
             out.write(jfk if minute == 10 else silence)
-    transcriber = Transcriber(tiny_bundle, threads=1)
+    transcriber = Transcriber(tiny_bundle, threads=2)
     tracemalloc.start()
     try:
         segments = [s for w in transcriber.windows(AudioFile(path), transcriber.options()) for s in w.segments]

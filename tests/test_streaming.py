@@ -329,7 +329,7 @@ def test_the_public_api_transcribes_a_file_and_a_stream(tiny_bundle, vad_model, 
     from edge_asr.runtime import Transcriber, TranscribeOptions
 
     vad = Vad(vad_model)  # before the engine: it then gets a thread of its own
-    transcriber = Transcriber(tiny_bundle, threads=1)
+    transcriber = Transcriber(tiny_bundle, threads=2)
     offline = transcriber.transcribe(jfk_wav, TranscribeOptions(beam_size=2)).text
     recognizer = Recognizer(transcriber.engine, transcriber.tokenizer, vad, transcriber.options(), Options())
     events = [e for at in range(0, len(jfk_audio), 1600) for e in recognizer.push(jfk_audio[at : at + 1600])]

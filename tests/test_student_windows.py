@@ -228,7 +228,7 @@ def test_student_bundle_runs_its_engine_on_the_short_window(student_bundle, tok)
     """Offline and streaming through Transcriber.options(), which takes the policy from the bundle."""
     from edge_asr.runtime.transcriber import Transcriber
 
-    transcriber = Transcriber(student_bundle, threads=1)
+    transcriber = Transcriber(student_bundle, threads=2)
     transcriber.engine = engine = Recording(transcriber.engine)
     audio = np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32)
     transcriber.transcribe(audio, transcriber.options(temperatures=(0.0,)))
@@ -248,7 +248,7 @@ def test_options_made_without_the_bundle_keep_the_models_facts(student_bundle):
     from edge_asr.runtime.decoding.options import TranscribeOptions
     from edge_asr.runtime.transcriber import Transcriber
 
-    transcriber = Transcriber(student_bundle, threads=1)
+    transcriber = Transcriber(student_bundle, threads=2)
     transcriber.engine = engine = Recording(transcriber.engine)
     audio = np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32)
     transcriber.transcribe(audio, TranscribeOptions(beam_size=2, temperatures=(0.0,)))
@@ -301,7 +301,7 @@ def test_compile_merges_the_adapter_and_records_it(adapter_dir, student_pt, stud
                                              "base_model": "student", "base_sha256": sha256_of([student_pt])}
     assert manifest["model"]["name"] == "student+cards" and manifest["model"]["needs_30s_padding"] is False
     mel = noise_mel(400)[None]
-    plain, merged = (load_engine(load_bundle(b), 1).encode(mel).cross_k for b in (student_bundle, adapted))
+    plain, merged = (load_engine(load_bundle(b), 2).encode(mel).cross_k for b in (student_bundle, adapted))
     assert plain.shape == merged.shape and np.abs(plain - merged).max() > 1e-3
 
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines.base import check_decoder_inputs
 from edge_asr.runtime.engines.stacked import HostPool, StackedAudioContext, StackedKVCache
-from edge_asr.runtime.errors import BundleError
+from edge_asr.runtime.errors import BundleError, EdgeAsrError
 
 _pool_threads: int | None = None
 
@@ -27,12 +27,17 @@ _pool_threads: int | None = None
 def _shared_thread_pool(threads: int) -> None:
     """One intra-op pool for every session in the process: separate pools doubled decoder time.
 
-    onnxruntime fixes the pool size when the first session is made, so later engines share it.
+    onnxruntime fixes the pool size when the first session is made, so later engines share it: one that asks
+    for another size is refused (before, it silently got the first one's).
     """
     global _pool_threads
     if _pool_threads is None:
         ort.set_global_thread_pool_sizes(threads, 1)
         _pool_threads = threads
+    elif threads != _pool_threads:
+        raise EdgeAsrError(f"this process's onnxruntime engines share one thread pool, which its first engine "
+                           f"sized at {_pool_threads}; an engine asking for {threads} threads cannot be made: give "
+                           "every engine the same number, or run it in another process.")
 
 
 def helper_session_options() -> ort.SessionOptions:
