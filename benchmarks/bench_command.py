@@ -52,6 +52,9 @@ def add_bench_parser(commands, add_model_arguments) -> None:
     be.add_argument("--mode", choices=MODES, default="offline",
                     help="offline: each clip transcribed whole; stream: the clips played at real-time pace "
                     "through `edge-asr stream`'s recognizer (default: %(default)s)")
+    be.add_argument("--vad", action="store_true",
+                    help="offline: edge-asr transcribes only the speech the VAD finds (`transcribe --vad`), and "
+                    "faster-whisper runs twice, without and with its vad_filter")
     be.add_argument("--streams", type=positive_int, default=1, metavar="N",
                     help="concurrent streams on one engine: clips transcribed N at a time (offline), or N "
                     "real-time streams (stream) (default: %(default)s)")
@@ -90,16 +93,17 @@ def run(bundle: Path, args) -> int:
     _require_scoring(clips)
     manifest = load_bundle(Path(bundle)).manifest
     threads = args.threads or default_threads()
+    if args.vad and args.mode != "offline":
+        raise BenchError("--vad is for offline mode: streaming always runs the VAD.")
     spec = BenchSpec(
         system="edge-asr", mode=args.mode, clips=clips, bundle=str(bundle), precision=manifest["precision"],
         threads=threads, warmup=args.warmup, repeats=args.repeats or DEFAULT_REPEATS[args.mode],
         streams=args.streams, beam=args.beam, language=args.language or _implied_language(manifest), task=args.task,
-        power=args.power, power_interval_s=args.power_interval,
+        power=args.power, power_interval_s=args.power_interval, vad=args.vad,
         config=f"{manifest['model']['name']} {manifest['precision']} {manifest['backend']} {manifest['target']}, "
-        f"{threads} threads" + (f", {args.streams} streams" if args.streams > 1 else ""))
+        f"{threads} threads" + (f", {args.streams} streams" if args.streams > 1 else "") + (", --vad" if args.vad else ""))
     runs = [measure_in_child(spec)]
-    peer = _peer_spec(spec, manifest, args)
-    if peer is not None:
+    for peer in _peer_specs(spec, manifest, args):
         try:
             runs.append(measure_in_child(peer))
         except BenchError as err:  # the edge-asr figures are kept and reported
@@ -136,10 +140,11 @@ def _implied_language(manifest: dict) -> str | None:
     return None if manifest["model"].get("multilingual") else "en"
 
 
-def _peer_spec(spec: BenchSpec, manifest: dict, args) -> BenchSpec | None:
-    """faster-whisper on the bundle's own weights, or None with a line that says why not."""
+def _peer_specs(spec: BenchSpec, manifest: dict, args) -> list[BenchSpec]:
+    """faster-whisper on the bundle's own weights (with --vad: without and with its vad_filter), or none with a
+    line that says why not."""
     if args.peer == "none":
-        return None
+        return []
     reason = None
     folder = args.peer_model or Path(manifest.get("source", {}).get("checkpoint", ""))
     if spec.mode != "offline":
@@ -152,11 +157,17 @@ def _peer_spec(spec: BenchSpec, manifest: dict, args) -> BenchSpec | None:
         if args.peer == "faster-whisper":
             raise BenchError(f"cannot run the peer: {reason}.")
         print(f"edge-asr bench: peer skipped: {reason}.", file=sys.stderr)
-        return None
+        return []
     compute = "int8" if spec.precision == "int8" else "float32"
-    return type(spec)(**{**vars(spec), "system": "faster-whisper", "bundle": None, "peer_model": str(folder),
-                        "config": f"faster-whisper {compute} ctranslate2 cpu, {spec.threads} threads"
-                        + (f", {spec.streams} streams" if spec.streams > 1 else "")})
+    config = f"faster-whisper {compute} ctranslate2 cpu, {spec.threads} threads" + (
+        f", {spec.streams} streams" if spec.streams > 1 else "")
+    peer = {**vars(spec), "system": "faster-whisper", "bundle": None, "peer_model": str(folder), "vad": False,
+            "config": config}
+    peers = [type(spec)(**peer)]
+    if spec.vad:
+        peers.append(type(spec)(**{**peer, "system": "faster-whisper vad_filter", "vad": True,
+                                   "config": config + ", vad_filter"}))
+    return peers
 
 
 def measure_in_child(spec: BenchSpec) -> dict:

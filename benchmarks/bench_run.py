@@ -49,6 +49,7 @@ class BenchSpec:
     power: str = "auto"
     power_interval_s: float = 0.1
     config: str = ""
+    vad: bool = False  # offline: only the speech the VAD finds (`transcribe --vad`; faster-whisper's vad_filter)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=str)
@@ -86,10 +87,12 @@ def edge_asr_transcriber(spec: BenchSpec):
 
 
 def edge_asr_offline(spec: BenchSpec):
+    from edge_asr.runtime.speech_windows import OFFLINE_VAD
+
     transcriber, options = edge_asr_transcriber(spec)
 
     def run(audio: np.ndarray) -> tuple[str, int]:
-        transcript = transcriber.transcribe(audio, options)
+        transcript = transcriber.transcribe(audio, options, OFFLINE_VAD if spec.vad else None)
         return transcript.text, sum(len(s.tokens) for s in transcript.segments)
 
     return run, transcriber.engine
@@ -103,7 +106,7 @@ def faster_whisper_offline(spec: BenchSpec):
 
     def run(audio: np.ndarray) -> tuple[str, int]:
         segments, _ = model.transcribe(audio, language=spec.language, task=spec.task, beam_size=spec.beam,
-                                       best_of=1, vad_filter=False)
+                                       best_of=1, vad_filter=spec.vad)
         segments = list(segments)
         return "".join(s.text for s in segments).strip(), sum(len(s.tokens) for s in segments)
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.runtime.cli_args import add_model_arguments, add_stream_options, decoding_options, positive_int
+from edge_asr.runtime.cli_args import (add_model_arguments, add_stream_options, add_vad_arguments, decoding_options,
+                                       positive_int, vad_options)
 from edge_asr.runtime.errors import EdgeAsrError
 
 
@@ -41,6 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def add_transcribe_parser(commands) -> None:
     from edge_asr.runtime.formats import FORMATS
+    from edge_asr.runtime.speech_windows import OFFLINE_VAD
     from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
 
     tr = commands.add_parser("transcribe", help="transcribe audio files",
@@ -54,6 +56,11 @@ def add_transcribe_parser(commands) -> None:
                     help="utterance: encode each window's audio plus the model's margin (stock Whisper: at least "
                     f"{STOCK_MIN_CONTEXT_S:g} s); full: pad every window to 30 s (default: full for stock Whisper, "
                     "utterance for a model that needs no padding)")
+    tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=False,
+                    help="transcribe only the speech the Silero VAD finds: silence is never encoded, the speech is "
+                    "packed into windows of up to 30 s cut at pauses, times stay the file's (default: off; needs "
+                    "silero-vad: pip install --no-deps silero-vad==6.2.3)")
+    add_vad_arguments(tr, OFFLINE_VAD)
 
 
 def add_compile_parser(commands) -> None:
@@ -197,12 +204,13 @@ def _bundle(args) -> Path:
 
 
 def _transcribe(args) -> int:
-    from edge_asr.runtime.transcribe_files import FileOutput, transcribe_files
+    from edge_asr.runtime.transcribe_files import FileOutput, SpeechOnly, transcribe_files
 
     interrupt_on_termination()
     decoding = decoding_options(args, encoder_context=args.encoder_context)
     output = FileOutput(args.format, args.output, progress=not args.no_progress)
-    return transcribe_files(_bundle(args), args.files, decoding, output, args.threads)
+    speech = SpeechOnly(vad_options(args), args.vad_model) if args.vad else None
+    return transcribe_files(_bundle(args), args.files, decoding, output, args.threads, speech)
 
 
 def _stream(args) -> int:

@@ -57,13 +57,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads, at most twice the cores (default: all cores of this process)")
 
 
-def add_stream_options(parser: argparse.ArgumentParser) -> None:
-    """VAD, partials and encoder context: how `stream` and `serve` turn audio into events."""
-    from edge_asr.runtime.streaming.recognizer import StreamOptions
-    from edge_asr.runtime.streaming.segmenter import VadOptions
-    from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
-
-    defaults_vad, defaults = VadOptions(), StreamOptions()
+def add_vad_arguments(parser: argparse.ArgumentParser, defaults) -> None:
+    """The VAD's model and settings (a streaming.segmenter.VadOptions: ``defaults``), read back by vad_options."""
     vad = parser.add_argument_group("voice activity detection")
     vad.add_argument("--vad-model", type=Path, metavar="FILE",
                      help="Silero VAD ONNX file (default: $EDGE_ASR_VAD_MODEL, else the installed silero-vad)")
@@ -74,8 +69,26 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
         ("--pad-before-ms", "pad_before_ms", int, "MS", "audio kept before the speech of each utterance"),
         ("--pad-after-ms", "pad_after_ms", int, "MS", "audio kept after the speech of each utterance"),
     ):
-        vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults_vad, name), metavar=metavar,
+        vad.add_argument(flag, dest=f"vad_{name}", type=kind, default=getattr(defaults, name), metavar=metavar,
                          help=f"{meaning} (default: %(default)s)")
+
+
+def vad_options(args: argparse.Namespace):
+    """The VadOptions of add_vad_arguments' flags, validated (a bad value is one EdgeAsrError sentence)."""
+    from edge_asr.runtime.streaming.segmenter import VadOptions
+
+    names = ("threshold", "min_speech_ms", "min_silence_ms", "pad_before_ms", "pad_after_ms")
+    return VadOptions(**{name: getattr(args, f"vad_{name}") for name in names}).validate()
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """VAD, partials and encoder context: how `stream` and `serve` turn audio into events."""
+    from edge_asr.runtime.streaming.recognizer import StreamOptions
+    from edge_asr.runtime.streaming.segmenter import VadOptions
+    from edge_asr.runtime.windows import ENCODER_CONTEXTS, STOCK_MIN_CONTEXT_S
+
+    defaults = StreamOptions()
+    add_vad_arguments(parser, VadOptions())
     parser.add_argument("--partial-interval", type=float, default=defaults.partial_interval_s, metavar="S",
                         help="seconds of speech between partial results; 0 for finals only (default: %(default)s)")
     parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,

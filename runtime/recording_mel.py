@@ -73,7 +73,12 @@ class RecordingMel:
 
     @classmethod
     def of_array(cls, frontend: LogMelFrontend, audio: np.ndarray) -> RecordingMel:
-        return cls(frontend, lambda: (audio[at : at + PIECE_SAMPLES] for at in range(0, len(audio), PIECE_SAMPLES)))
+        return cls(frontend, cls.array_chunks(audio))
+
+    @staticmethod
+    def array_chunks(audio: np.ndarray) -> Callable[[], Iterator[np.ndarray]]:
+        """What ``chunks`` is for audio already in memory: its pieces, afresh on each call."""
+        return lambda: (audio[at : at + PIECE_SAMPLES] for at in range(0, len(audio), PIECE_SAMPLES))
 
     @property
     def peak(self) -> float | None:

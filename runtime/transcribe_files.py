@@ -10,6 +10,7 @@ from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile, damage_report
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.formats import render
+from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.transcriber import Transcriber
 from edge_asr.runtime.transcript import Transcript
 
@@ -64,8 +65,16 @@ class FileOutput:
     names: dict[Path, str] = field(default_factory=dict)  # input -> file name in directory (output_names)
 
 
+@dataclass(frozen=True)
+class SpeechOnly:
+    """`transcribe --vad`: only the speech the VAD finds is transcribed (runtime/speech_windows.py)."""
+
+    vad: VadOptions
+    model: Path | None = None  # the Silero ONNX file; None: the installed silero-vad
+
+
 def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOptions, output: FileOutput,
-                     threads: int | None = None) -> int:
+                     threads: int | None = None, speech_only: SpeechOnly | None = None) -> int:
     """Transcribes ``files`` one by one with the bundle's model facts filled into ``decoding``; returns the exit
     status (1 when any file failed or was damaged)."""
     if output.directory is not None:
@@ -74,7 +83,11 @@ def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOption
         renamed = [f"{path} -> {name}" for path, name in output.names.items() if name != f"{path.stem}.{output.format}"]
         if renamed:
             print(f"edge-asr: inputs share a name; numbered outputs: {', '.join(renamed)}", file=sys.stderr)
-    transcriber = Transcriber(bundle, threads=threads)
+    if speech_only is not None:
+        from edge_asr.runtime.streaming.vad import locate_vad_model
+
+        locate_vad_model(speech_only.model)  # a missing VAD is refused before the model loads
+    transcriber = Transcriber(bundle, threads=threads, vad_model=speech_only.model if speech_only else None)
     options = transcriber.with_model_facts(decoding).validate()
     progress = Progress(output.progress)
     failures = 0
@@ -83,9 +96,11 @@ def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOption
         ok, audio = True, None
         try:
             audio = AudioFile(path)
-            mel = transcriber.features(audio)  # a first pass over the file: its length, its peak, any damage
-            transcript.duration, transcript.complete = mel.samples / SAMPLE_RATE, not audio.damage
-            for window in transcriber.windows(mel, options):
+            speech = transcriber.speech(audio, speech_only.vad) if speech_only else None  # a pass to find speech
+            mel = transcriber.features(audio, speech)  # a first pass over the file: its length, its peak, any damage
+            samples = speech.file_samples if speech is not None else mel.samples
+            transcript.duration, transcript.complete = samples / SAMPLE_RATE, not audio.damage
+            for window in transcriber.windows(mel, options, speech):
                 transcript.language = window.language
                 transcript.segments.extend(window.segments)
                 progress.update(path.name, window.end, transcript.duration)

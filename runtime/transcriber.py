@@ -16,6 +16,8 @@ from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines import load_engine
 from edge_asr.runtime.mel import LogMelFrontend
 from edge_asr.runtime.recording_mel import RecordingMel
+from edge_asr.runtime.speech_windows import OFFLINE_VAD, SpeechMap, find_speech
+from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 from edge_asr.runtime.transcript import Transcript, WindowResult
 
@@ -27,7 +29,10 @@ def default_threads() -> int:
 class Transcriber:
     """Engine, tokenizer and Mel frontend of one bundle, loaded once and used for many files."""
 
-    def __init__(self, bundle: Bundle | Path | str, threads: int | None = None):
+    def __init__(self, bundle: Bundle | Path | str, threads: int | None = None, vad_model: str | Path | None = None):
+        """``vad_model``: the Silero ONNX file for speech-only transcription (default: the installed silero-vad)."""
+        self.vad_model = vad_model
+        self._vad = None
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         dims = self.bundle.dims
         self.engine = load_engine(self.bundle, threads or default_threads())
@@ -50,25 +55,53 @@ class Transcriber:
             window_policy=options.window_policy or self.bundle.window_policy,
         )
 
-    def features(self, audio: np.ndarray | AudioFile) -> RecordingMel:
+    def speech(self, audio: np.ndarray | AudioFile, vad: VadOptions = OFFLINE_VAD) -> SpeechMap:
+        """Where the audio's speech is, by the Silero VAD (one pass over the audio; speech_windows.py)."""
+        from edge_asr.runtime.streaming.vad import SileroVad
+
+        if self._vad is None:
+            self._vad = SileroVad(self.vad_model)
+        self._vad.reset()
+        chunks = audio.chunks() if isinstance(audio, AudioFile) else iter([_samples(audio)])
+        return find_speech(chunks, self._vad, vad)
+
+    def features(self, audio: np.ndarray | AudioFile, speech: SpeechMap | None = None) -> RecordingMel:
         """The audio's features as openai's log_mel_spectrogram(padding=N_SAMPLES) normalises them (the 30 s of
         zeros after the audio are part of the loudness normalisation the model was trained with; their frames
-        are not decoded), computed window by window: a long file costs no more memory than a short one."""
+        are not decoded), computed window by window: a long file costs no more memory than a short one.
+        With ``speech``, the features of its regions joined end to end: the silence between is never read."""
         if isinstance(audio, AudioFile):
-            return RecordingMel(self.frontend, audio.chunks)
-        return RecordingMel.of_array(self.frontend, _samples(audio))
+            chunks = audio.chunks
+        else:
+            samples = _samples(audio)
+            chunks = RecordingMel.array_chunks(samples)
+        return RecordingMel(self.frontend, chunks if speech is None else lambda: speech.joined(chunks()))
 
-    def windows(self, audio: np.ndarray | AudioFile | RecordingMel, options: TranscribeOptions) -> Iterator[WindowResult]:
-        """Decoded windows (up to 30 s each) as they complete, for progress and for keeping partial work."""
-        mel = audio if isinstance(audio, RecordingMel) else self.features(audio)
-        yield from transcribe(self.engine, self.tokenizer, mel, self.with_model_facts(options))
+    def windows(self, audio: np.ndarray | AudioFile | RecordingMel, options: TranscribeOptions,
+                speech: SpeechMap | None = None) -> Iterator[WindowResult]:
+        """Decoded windows (up to 30 s each) as they complete, for progress and for keeping partial work. With
+        ``speech`` (the map ``audio`` or its features were made with), windows end where speech regions do, and
+        their times are the file's."""
+        mel = audio if isinstance(audio, RecordingMel) else self.features(audio, speech)
+        options = self.with_model_facts(options)
+        if speech is None:
+            yield from transcribe(self.engine, self.tokenizer, mel, options)
+            return
+        ends = speech.window_ends(options.window_frames)
+        for window in transcribe(self.engine, self.tokenizer, mel, options, window_ends=ends):
+            yield speech.to_file(window)
 
-    def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None) -> Transcript:
-        mel = self.features(source if isinstance(source, np.ndarray) else AudioFile(source))
+    def transcribe(self, source: str | Path | np.ndarray, options: TranscribeOptions | None = None,
+                   vad: VadOptions | None = None) -> Transcript:
+        """The transcript of a file or an array; with ``vad`` (e.g. speech_windows.OFFLINE_VAD), of its speech only."""
+        audio = source if isinstance(source, np.ndarray) else AudioFile(source)
+        speech = self.speech(audio, vad) if vad is not None else None
+        mel = self.features(audio, speech)
         options = self.with_model_facts(options or TranscribeOptions())
         name = str(source) if not isinstance(source, np.ndarray) else "<array>"
-        transcript = Transcript(file=name, language=options.language or "", duration=mel.samples / SAMPLE_RATE)
-        for window in self.windows(mel, options):
+        samples = speech.file_samples if speech is not None else mel.samples
+        transcript = Transcript(file=name, language=options.language or "", duration=samples / SAMPLE_RATE)
+        for window in self.windows(mel, options, speech):
             transcript.language = window.language
             transcript.segments.extend(window.segments)
         return transcript

@@ -9,6 +9,8 @@ progress.
 """
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generator, Iterator
 
@@ -43,14 +45,16 @@ def transcribe(
     mel: np.ndarray | MelSource,
     options: TranscribeOptions | None = None,
     window_buffer: np.ndarray | None = None,
+    window_ends: Sequence[int] = (),
 ) -> Iterator[WindowResult]:
     """Transcribes ``mel`` (float32 [n_mels, frames]: the audio's frames, no padding frames; an array or a
     recording_mel.MelSource that computes each window when asked) window by window, each of at most
     options.window_frames of audio, encoded as runtime/windows.py decides
     (padded to window_frames for stock Whisper, the audio plus a margin for a model that needs no
     padding). ``window_buffer``, a flat float32 array of at least n_mels * window_frames, is
-    reused for every encoder input instead of a new array per window."""
-    steps = transcribe_steps(engine, tokenizer, mel, options, window_buffer)
+    reused for every encoder input instead of a new array per window. ``window_ends`` (sorted Mel frames) are
+    where a window must end, whatever its length: the joins of speech_windows.py's packed speech."""
+    steps = transcribe_steps(engine, tokenizer, mel, options, window_buffer, window_ends)
     reply = None
     while True:
         try:
@@ -92,6 +96,7 @@ def transcribe_steps(
     mel: np.ndarray | MelSource,
     options: TranscribeOptions | None = None,
     window_buffer: np.ndarray | None = None,
+    window_ends: Sequence[int] = (),
 ) -> Generator[EngineCall | WindowResult, object, None]:
     """transcribe as a generator: engine calls (whose results it is sent) and each window's result (sent None)."""
     options = (options or TranscribeOptions()).validate()
@@ -107,7 +112,9 @@ def transcribe_steps(
     padding = padding_value(options.policy, mel.peak)
     seek = 0
     while seek < content_frames:
-        audio_frames = min(options.window_frames, content_frames - seek)
+        cut = bisect.bisect_right(window_ends, seek)
+        limit = window_ends[cut] if cut < len(window_ends) else content_frames
+        audio_frames = min(options.window_frames, limit - seek, content_frames - seek)
         content = mel.window(seek, seek + audio_frames)
         start = seek / FRAMES_PER_SECOND
         if _is_flat(content):

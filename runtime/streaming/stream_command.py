@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edge_asr.runtime.cli_args import decoding_options
+from edge_asr.runtime.cli_args import decoding_options, vad_options
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import SINKS
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
-from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.streaming.microphone import MicSource, check_microphone
 from edge_asr.runtime.streaming.sources import AudioSource, FileSource, StdinSource
 from edge_asr.runtime.streaming.vad import SileroVad
@@ -26,9 +25,8 @@ def open_source(args) -> AudioSource:
 
 
 def stream_options(args) -> StreamOptions:
-    names = ("threshold", "min_speech_ms", "min_silence_ms", "pad_before_ms", "pad_after_ms")
-    vad = VadOptions(**{name: getattr(args, f"vad_{name}") for name in names})
-    return StreamOptions(vad=vad, partial_interval_s=args.partial_interval, encoder_context=args.encoder_context)
+    return StreamOptions(vad=vad_options(args), partial_interval_s=args.partial_interval,
+                         encoder_context=args.encoder_context)
 
 
 def stream(bundle: Path, args) -> int:
