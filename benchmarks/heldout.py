@@ -2,7 +2,9 @@
 choice was ever made on, through the runtime's own decoding, in one run.
 
     python3 -m edge_asr.benchmarks.heldout --bundle tiny=DIR --bundle student=DIR [--model NAME=CKPT]
-                                           [--heldout-corpus DIR] [--threads 2] [--json FILE]
+                                           [--heldout-corpus DIR] [--vad] [--threads 2] [--json FILE]
+
+With --vad every model is judged twice: on whole clips, and on their speech alone as `transcribe --vad` cuts it.
 
 The sets (each left out, and said so, when its package is missing):
 - developer: JFK and the LibriVox clips of pocketsphinx-testdata; cards: its five card-game commands;
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="a checkpoint to judge with the PyTorch engine (a zoo name, a student.pt)")
     parser.add_argument("--heldout-corpus", type=Path, metavar="DIR", help="a corpus built with --split heldout")
+    parser.add_argument("--vad", action="store_true", help="judge each model on the speech the VAD finds as well")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every transcript and figure here")
     args = parser.parse_args(argv)
@@ -125,7 +128,12 @@ def main(argv=None) -> int:
         parser.error("give at least one --bundle or --model")
     try:
         with tempfile.TemporaryDirectory(prefix="edge-asr-heldout-") as work:
-            sets = ClipSets(heldout_sets(Path(work), args.heldout_corpus, log=lambda line: print(line, file=sys.stderr)))
+            clips = heldout_sets(Path(work), args.heldout_corpus, log=lambda line: print(line, file=sys.stderr))
+            modes = {"": ClipSets(clips)}
+            if args.vad:
+                from edge_asr.runtime.speech_windows import OFFLINE_VAD
+
+                modes[" --vad"] = ClipSets(clips, speech_only=OFFLINE_VAD)
             results = {}
             for spec, kind in judged:
                 name, _, path = spec.partition("=")
@@ -133,7 +141,8 @@ def main(argv=None) -> int:
                     parser.error(f"expected NAME=PATH, not {spec!r}")
                 print(f"heldout: judging {name} ({path})", file=sys.stderr, flush=True)
                 judge = judge_bundle if kind == "bundle" else judge_checkpoint
-                results[name] = judge(Path(path) if kind == "bundle" else path, sets, args.threads)
+                for suffix, sets in modes.items():
+                    results[name + suffix] = judge(Path(path) if kind == "bundle" else path, sets, args.threads)
     except EdgeAsrError as err:
         print(f"heldout: {err}", file=sys.stderr)
         return 1

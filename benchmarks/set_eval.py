@@ -4,7 +4,8 @@ fallback, silence rules, repetition guard): what a student is tuned on and judge
 A clip with a reference is speech and scores WER; a clip whose reference is empty is not speech and
 counts the words written on it. A window decoded above temperature 0 counts as a fallback: its first
 decoding repeated itself, ran past the token-rate cap or was improbable (a loop, rescued). Encoder
-seconds are summed per clip, so the cost of short utterances can be read apart.
+seconds are summed per clip, so the cost of short utterances can be read apart. With ``speech_only`` (VAD
+settings), each clip is transcribed as `transcribe --vad` does it: its speech alone (runtime/speech_windows.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines.timed import TimedEngine
 from edge_asr.runtime.mel import HOP_LENGTH, N_SAMPLES, LogMelFrontend
+from edge_asr.runtime.speech_windows import find_speech
+from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 
 SHORT_S = 10.0  # utterances this long or shorter: where a length-adaptive encoder must be cheap
@@ -53,9 +56,16 @@ class SetResult:
 class ClipSets:
     """Clip sets with their features computed once (as runtime/transcriber.py computes them)."""
 
-    def __init__(self, sets: dict[str, Sequence[Clip]], n_mels: int = 80):
+    def __init__(self, sets: dict[str, Sequence[Clip]], n_mels: int = 80, speech_only: VadOptions | None = None):
         frontend = LogMelFrontend(n_mels)
-        self.sets = {name: [(clip, _features(frontend, clip)) for clip in clips if clip.reference is not None]
+        vad = None
+        if speech_only is not None:
+            from edge_asr.runtime.streaming.vad import SileroVad
+
+            vad = SileroVad()
+        # (clip, features, window ends)
+        self.sets = {name: [(clip, *_features(frontend, clip, vad, speech_only)) for clip in clips
+                            if clip.reference is not None]
                      for name, clips in sets.items()}
 
     def evaluate(self, engine, tokenizer: WhisperTokenizer, options: TranscribeOptions) -> dict[str, SetResult]:
@@ -64,9 +74,9 @@ class ClipSets:
         results = {}
         for name, clips in self.sets.items():
             transcripts = []
-            for clip, mel in clips:
+            for clip, mel, ends in clips:
                 timed.reset()
-                segments = [s for w in transcribe(timed, tokenizer, mel, options) for s in w.segments]
+                segments = [s for w in transcribe(timed, tokenizer, mel, options, window_ends=ends) for s in w.segments]
                 transcripts.append(ClipTranscript(
                     clip.name, clip.reference, "".join(s.text for s in segments).strip(), mel.shape[1] / 100,
                     len({s.start for s in segments if s.temperature > 0}), timed.encoder_seconds))
@@ -74,10 +84,17 @@ class ClipSets:
         return results
 
 
-def _features(frontend: LogMelFrontend, clip: Clip) -> np.ndarray:
-    """The runtime's features of a clip: normalised with 30 s of padding, then cut to the audio."""
-    audio = load_audio(clip.path)
-    return frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH]
+def _features(frontend: LogMelFrontend, clip: Clip, vad=None, speech_only: VadOptions | None = None
+              ) -> tuple[np.ndarray, list[int]]:
+    """The runtime's features of a clip (normalised with 30 s of padding, then cut to the audio) and where its
+    windows must end: with a VAD, of the clip's speech regions joined, ending between regions."""
+    audio, ends = load_audio(clip.path), []
+    if vad is not None:
+        vad.reset()
+        speech = find_speech([audio], vad, speech_only)
+        audio = np.concatenate(list(speech.joined([audio])) or [audio[:0]])
+        ends = speech.window_ends(N_SAMPLES // HOP_LENGTH)
+    return frontend(audio, padding=N_SAMPLES)[:, : len(audio) // HOP_LENGTH], ends
 
 
 def _set_result(transcripts: list[ClipTranscript]) -> SetResult:

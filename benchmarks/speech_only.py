@@ -102,24 +102,25 @@ def modes(variants: list[str]) -> dict[str, tuple]:
     return chosen
 
 
-def judge(path: Path, sets: dict[str, list[Clip]], threads: int, variants: list[str] = ()) -> dict[str, dict[str, dict]]:
-    """{mode: {set: figures}} for one bundle."""
+def judge(path: Path, sets: dict[str, list[Clip]], threads: int, variants: list[str] = (), vad=None
+          ) -> dict[str, dict[str, dict]]:
+    """{mode: {set: figures}} for one bundle; ``vad`` a SileroVad made before the first engine (see Transcriber)."""
     from edge_asr.runtime.engines.timed import TimedEngine
     from edge_asr.runtime.mel import FRAMES_PER_SECOND
     from edge_asr.runtime.transcriber import Transcriber
 
-    transcriber = Transcriber(path, threads=threads)
+    transcriber = Transcriber(path, threads=threads, vad=vad)
     transcriber.engine = timed = TimedEngine(transcriber.engine)
     transcriber.transcribe(JFK, transcriber.options())  # warm-up
     results = {}
-    for mode, (vad, context) in modes(list(variants)).items():
+    for mode, (speech_only, context) in modes(list(variants)).items():
         results[mode] = {}
         options = transcriber.options(encoder_context=context)
         for name, clips in sets.items():
             timed.reset()
             started, texts, audio_s = time.perf_counter(), [], 0.0
             for clip in clips:
-                transcript = transcriber.transcribe(clip.path, options, vad)
+                transcript = transcriber.transcribe(clip.path, options, speech_only)
                 texts.append(transcript.text)
                 audio_s += transcript.duration
             wall = time.perf_counter() - started
@@ -174,7 +175,10 @@ def main(argv=None) -> int:
                         help="also keep the paused recordings in DIR with a references.tsv, for `edge-asr bench --clips`")
     args = parser.parse_args(argv)
     results = {}
+    from edge_asr.runtime.streaming.vad import SileroVad
+
     try:
+        vad = SileroVad()  # before any engine: one for every bundle
         with tempfile.TemporaryDirectory(prefix="edge-asr-speech-only-") as work:
             sets = (recording_sets if args.sets == "judge" else tune_sets)(Path(work))
             if args.save_paused:
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
                 name, _, path = spec.partition("=")
                 if not path:
                     parser.error(f"expected NAME=DIR, not {spec!r}")
-                results[name] = judge(Path(path), sets, args.threads, args.vad_variants)
+                results[name] = judge(Path(path), sets, args.threads, args.vad_variants, vad)
     except EdgeAsrError as err:
         print(f"speech_only: {err}", file=sys.stderr)
         return 1

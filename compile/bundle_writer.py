@@ -52,7 +52,7 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         raise EdgeAsrError(f"--tune tunes TVM modules; target {target} is built with {backend}.")
     if tuning is not None:
         tuning.check(target)
-    from edge_asr.compile.onnx_export import export_decoder, export_encoder
+    from edge_asr.compile.onnx_export import alignment_heads, export_alignment, export_decoder, export_encoder
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
 
@@ -82,9 +82,17 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
                       "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
             files, extra = _build_engines(graphs, work, target, precision, checkpoint,
                                           database_dir or out.parent / f"{out.name}.tuning", tuning, log)
+            if backend == "onnxruntime":  # word timestamps: the other backends do not run this graph yet
+                dims = checkpoint.dims
+                heads = alignment_heads(checkpoint.alignment_heads, dims.n_text_layer, dims.n_text_head)
+                log("exporting the alignment graph (word timestamps)")
+                fp32 = export_alignment(torch_model, work / "alignment.fp32.onnx", heads)
+                files["alignment"] = _finish_graph(fp32, work / "alignment.onnx", precision, log)
         shutil.copyfile(checkpoint.tokenizer_json, work / "tokenizer.json")
         files["tokenizer"] = work / "tokenizer.json"
         manifest = _manifest(checkpoint, target, precision, files)
+        if "alignment" in files:
+            manifest["model"]["alignment_heads"] = [list(pair) for pair in heads]
         if adapter_entry is not None:
             manifest["source"]["adapter"] = adapter_entry
         shapes = extra.pop("shapes", {})

@@ -9,6 +9,11 @@ decoder.onnx: tokens [B, N], offsets [B], per layer l: self_k_l, self_v_l [B, n_
 The decoder takes its caches one input per layer: as stacked inputs, every step sliced them apart
 with copies (23 MB a step at batch 5 for tiny.en), while per-layer inputs are views of the
 runtime's stacked arrays.
+
+alignment.onnx (word timestamps): tokens [1, N]; per layer l: cross_k_l, cross_v_l [1, H, frames/2, dh]
+              -> logits [N, n_vocab] of every position, scores [K, N, frames/2]: the cross-attention scores
+              before the softmax of the K alignment heads (runtime/word_timing.py). Run once per decoded window
+              with word timestamps, so plain decoding pays nothing for it.
 """
 from __future__ import annotations
 
@@ -77,6 +82,41 @@ def export_decoder(model: WhisperModel, path: Path) -> Path:
     new_axes = {1: "batch", 2: "n_tokens"}
     outputs = {"logits": {0: "batch", 1: "k"}, "new_k": new_axes, "new_v": new_axes}
     return _export(_DecoderGraph(model), args, path, inputs, outputs)
+
+
+def alignment_heads(heads: list[list[int]], layers: int, n_head: int) -> list[tuple[int, int]]:
+    """(layer, head) pairs whose cross-attention follows the speech: the checkpoint's, else openai-whisper's
+    default for a model without them, every head of the second half of the decoder's layers."""
+    if heads:
+        pairs = [(int(layer), int(head)) for layer, head in heads]
+        if all(0 <= layer < layers and 0 <= head < n_head for layer, head in pairs):
+            return pairs
+    return [(layer, head) for layer in range(layers // 2, layers) for head in range(n_head)]
+
+
+class _AlignmentGraph(nn.Module):
+    """The uncached decoder over a whole token sequence, with the alignment heads' cross-attention scores."""
+
+    def __init__(self, model: WhisperModel, heads: list[tuple[int, int]]):
+        super().__init__()
+        self.decoder, self.layers, self.heads = model.decoder, model.dims.n_text_layer, heads
+
+    def forward(self, tokens: Tensor, *cross: Tensor) -> tuple[Tensor, Tensor]:
+        scores: list[Tensor] = []
+        logits = self.decoder.full(tokens, cross=(cross[: self.layers], cross[self.layers :]), cross_scores=scores)
+        return logits[0], torch.stack([scores[layer][0, head] for layer, head in self.heads])
+
+
+def export_alignment(model: WhisperModel, path: Path, heads: list[tuple[int, int]]) -> Path:
+    """Write the alignment graph: a window's tokens -> their logits and the alignment heads' scores."""
+    dims = model.dims
+    cross = torch.zeros(1, dims.n_text_head, 16, dims.n_text_state // dims.n_text_head)
+    layers = dims.n_text_layer
+    names = [f"{kind}_{layer}" for kind in ("cross_k", "cross_v") for layer in range(layers)]
+    inputs = {"tokens": {1: "n_tokens"}} | {name: {2: "audio_ctx"} for name in names}
+    outputs = {"logits": {0: "n_tokens"}, "scores": {1: "n_tokens", 2: "audio_ctx"}}
+    args = (torch.zeros(1, 5, dtype=torch.int64), *[cross] * (2 * layers))
+    return _export(_AlignmentGraph(model, heads), args, path, inputs, outputs)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> Path:

@@ -29,19 +29,23 @@ class MultiHeadAttention(nn.Module):
         """[B, S, D] -> [B, heads, S, head_dim]."""
         return t.view(t.shape[0], t.shape[1], self.n_head, -1).transpose(1, 2)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                keep_scores: list[Tensor] | None = None) -> Tensor:
         """Attend from the queries of ``x`` [B, N, D] to keys and values split into heads [B, H, S, dh].
 
-        ``mask`` is added to the scores and broadcasts to [B, H, N, S].
+        ``mask`` is added to the scores and broadcasts to [B, H, N, S]. ``keep_scores`` gets the scores before
+        the softmax [B, H, N, S] appended (what openai-whisper's word timing reads from the alignment heads).
         """
         batch, n_ctx, n_state = x.shape
         q = self.heads(self.query(x))
-        if torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export() or keep_scores is not None:
             # Plain ops for the graphs: every exporter, TensorRT parser and TVM frontend takes them. Scaling
             # q (N rows) rather than the scores (N x S) is the cheaper place for the constant.
             scores = (q * self.scale) @ k.transpose(-1, -2)
             if mask is not None:
                 scores = scores + mask
+            if keep_scores is not None:
+                keep_scores.append(scores)
             out = torch.softmax(scores, dim=-1) @ v
         else:  # a fused kernel that never holds the N x S scores: half the time of the 30 s encoder on a CPU
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
@@ -65,10 +69,12 @@ class ResidualAttentionBlock(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
         cross: tuple[Tensor, Tensor] | None = None,
         cross_mask: Tensor | None = None,
+        cross_scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One block. ``past``: cached self-attention keys/values [B, C, D] put before the new ones;
         ``cross``: the cross-attention keys/values split into heads [B, H, T, dh], ``cross_mask`` an additive
-        mask over their T frames (broadcast to [B, H, N, T]) when rows hold audio of different lengths.
+        mask over their T frames (broadcast to [B, H, N, T]) when rows hold audio of different lengths;
+        ``cross_scores`` gets the cross-attention scores appended (MultiHeadAttention's ``keep_scores``).
 
         Returns the output and the self-attention keys and values of ``x`` alone (what a cache stores).
         """
@@ -77,7 +83,7 @@ class ResidualAttentionBlock(nn.Module):
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
         x = x + self.attn(h, self.attn.heads(keys), self.attn.heads(values), mask)
         if cross is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), *cross, cross_mask)
+            x = x + self.cross_attn(self.cross_attn_ln(x), *cross, cross_mask, cross_scores)
         x = x + self.mlp(self.mlp_ln(x))
         return x, k, v
 
@@ -159,15 +165,19 @@ class TextDecoder(nn.Module):
         x = x.gather(1, select[:, :, None].expand(-1, -1, x.shape[2]))
         return self.project(x), torch.stack(new_k), torch.stack(new_v)
 
-    def full(self, tokens: Tensor, audio: Tensor | None = None, cross: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def full(self, tokens: Tensor, audio: Tensor | None = None, cross: tuple[Tensor, Tensor] | None = None,
+             cross_scores: list[Tensor] | None = None) -> Tensor:
         """Logits of every position of ``tokens`` [B, N] with no cache and a plain causal mask, against the
-        encoder output ``audio`` or its cross-attention keys and values ``cross`` (from :meth:`cross_kv`)."""
+        encoder output ``audio`` or its cross-attention keys and values ``cross`` (from :meth:`cross_kv`).
+        ``cross_scores`` gets every layer's cross-attention scores [B, H, N, T] appended, layer by layer."""
         n = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:n]
-        mask = torch.full((n, n), float("-inf"), device=tokens.device, dtype=x.dtype).triu(1)
+        # Comparing two aranges rather than triu: no Trilu op (see cached_mask).
+        positions = torch.arange(n, device=tokens.device)
+        mask = torch.where(positions[None, :] > positions[:, None], float("-inf"), 0.0).to(x.dtype)
         cross_k, cross_v = cross if cross is not None else self.cross_kv(audio)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cross=(cross_k[i], cross_v[i]))[0]
+            x = block(x, mask, cross=(cross_k[i], cross_v[i]), cross_scores=cross_scores)[0]
         return self.project(x)
 
     def project(self, x: Tensor) -> Tensor:

@@ -61,6 +61,15 @@ def add_transcribe_parser(commands) -> None:
                     "packed into windows of up to 30 s cut at pauses, times stay the file's (default: off; needs "
                     "silero-vad: pip install --no-deps silero-vad==6.2.3)")
     add_vad_arguments(tr, OFFLINE_VAD)
+    words = tr.add_argument_group("word timestamps")
+    words.add_argument("--word-timestamps", action="store_true",
+                       help="time every word (the alignment heads' cross-attention, as openai-whisper does): json "
+                       "gets words per segment, srt and vtt can cut cues at words (onnxruntime bundles)")
+    words.add_argument("--max-line-width", type=positive_int, metavar="N",
+                       help="srt, vtt: wrap cue lines at N characters")
+    words.add_argument("--max-line-count", type=positive_int, metavar="N",
+                       help="srt, vtt with --word-timestamps and --max-line-width: cues of at most N lines, cut at "
+                       "words (and after pauses over 3 s) rather than one per segment")
 
 
 def add_compile_parser(commands) -> None:
@@ -207,8 +216,13 @@ def _transcribe(args) -> int:
     from edge_asr.runtime.transcribe_files import FileOutput, SpeechOnly, transcribe_files
 
     interrupt_on_termination()
-    decoding = decoding_options(args, encoder_context=args.encoder_context)
-    output = FileOutput(args.format, args.output, progress=not args.no_progress)
+    from edge_asr.runtime.formats import SubtitleLayout
+
+    if args.max_line_count is not None and not (args.word_timestamps and args.max_line_width):
+        raise EdgeAsrError("--max-line-count cuts cues at words: give it with --word-timestamps and --max-line-width.")
+    decoding = decoding_options(args, encoder_context=args.encoder_context, word_timestamps=args.word_timestamps)
+    layout = SubtitleLayout(args.max_line_width, args.max_line_count)
+    output = FileOutput(args.format, args.output, progress=not args.no_progress, layout=layout)
     speech = SpeechOnly(vad_options(args), args.vad_model) if args.vad else None
     return transcribe_files(_bundle(args), args.files, decoding, output, args.threads, speech)
 

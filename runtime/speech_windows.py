@@ -85,7 +85,10 @@ class SpeechMap:
 
     def to_file(self, window: WindowResult) -> WindowResult:
         """A window decoded from the joined recording, with its and its segments' times in the file's."""
-        segments = [replace(s, start=self.file_time(s.start), end=self.file_time(s.end, end=True))
+        segments = [replace(s, start=self.file_time(s.start), end=self.file_time(s.end, end=True),
+                            words=None if s.words is None else [
+                                replace(w, start=self.file_time(w.start), end=self.file_time(w.end, end=True))
+                                for w in s.words])
                     for s in window.segments]
         return replace(window, start=self.file_time(window.start), end=self.file_time(window.end, end=True),
                        segments=segments)

@@ -9,7 +9,7 @@ from pathlib import Path
 from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile, damage_report
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
-from edge_asr.runtime.formats import render
+from edge_asr.runtime.formats import SubtitleLayout, render
 from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.transcriber import Transcriber
 from edge_asr.runtime.transcript import Transcript
@@ -62,6 +62,7 @@ class FileOutput:
     format: str = "txt"
     directory: Path | None = None
     progress: bool = True  # a progress line on stderr, on a terminal
+    layout: SubtitleLayout = SubtitleLayout()  # srt and vtt line width and cue length
     names: dict[Path, str] = field(default_factory=dict)  # input -> file name in directory (output_names)
 
 
@@ -83,12 +84,16 @@ def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOption
         renamed = [f"{path} -> {name}" for path, name in output.names.items() if name != f"{path.stem}.{output.format}"]
         if renamed:
             print(f"edge-asr: inputs share a name; numbered outputs: {', '.join(renamed)}", file=sys.stderr)
+    vad = None
     if speech_only is not None:
-        from edge_asr.runtime.streaming.vad import locate_vad_model
+        from edge_asr.runtime.streaming.vad import SileroVad
 
-        locate_vad_model(speech_only.model)  # a missing VAD is refused before the model loads
-    transcriber = Transcriber(bundle, threads=threads, vad_model=speech_only.model if speech_only else None)
+        vad = SileroVad(speech_only.model)  # before the engine (see Transcriber); a missing VAD is refused now
+    transcriber = Transcriber(bundle, threads=threads, vad=vad)
     options = transcriber.with_model_facts(decoding).validate()
+    if options.word_timestamps and "alignment" not in transcriber.bundle.manifest["files"]:
+        raise EdgeAsrError(f"bundle {bundle} has no alignment graph for word timestamps (only onnxruntime bundles "
+                           "compiled by this edge-asr have one): compile it again with `edge-asr compile`.")
     progress = Progress(output.progress)
     failures = 0
     for path in files:
@@ -139,7 +144,7 @@ def _last_end(transcript: Transcript) -> float:
 
 
 def _emit(transcript: Transcript, output: FileOutput) -> None:
-    text = render(transcript, output.format)
+    text = render(transcript, output.format, output.layout)
     if text and not text.endswith("\n"):
         text += "\n"
     if output.directory is None:

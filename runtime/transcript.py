@@ -5,6 +5,14 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Word:
+    start: float
+    end: float
+    word: str  # as the model wrote it, with its leading space and the punctuation around it
+    probability: float
+
+
+@dataclass
 class Segment:
     start: float
     end: float
@@ -14,6 +22,7 @@ class Segment:
     no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
     temperature: float = 0.0
+    words: list[Word] | None = None  # with word timestamps (runtime/word_timing.py)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import TypeVar, Union
 import numpy as np
 
 from edge_asr.runtime.engines.base import AudioContext, Engine, KVCache
+from edge_asr.runtime.errors import EdgeAsrError
 
 T = TypeVar("T")
 
@@ -42,13 +43,28 @@ class Decode:
         return self.tokens.shape[1] == 1 and self.select.shape[1] == 1 and bool(np.any(self.offsets))
 
 
-EngineCall = Union[Encode, Decode]
+@dataclass(frozen=True)
+class Align:
+    """engine.align(tokens, audio): one window's whole token sequence [1, N] against its audio context (batch 1)
+    -> (logits [N, n_vocab], the alignment heads' cross-attention scores [heads, N, frames]): word timestamps."""
+
+    tokens: np.ndarray
+    audio: AudioContext
+
+
+EngineCall = Union[Encode, Decode, Align]
 Steps = Generator[EngineCall, object, T]
 
 
 def call_engine(engine: Engine, call: EngineCall):
     if isinstance(call, Encode):
         return engine.encode(call.mel)
+    if isinstance(call, Align):
+        align = getattr(engine, "align", None)
+        if align is None:
+            raise EdgeAsrError("word timestamps need an onnxruntime bundle with an alignment graph; this bundle's "
+                               "engine has none.")
+        return align(call.tokens, call.audio)
     return engine.decode(call.tokens, call.offsets, call.cache, call.audio, call.select)
 
 

@@ -90,6 +90,7 @@ class TranscribeOptions(DecodingOptions):
     # model's margin, None is the model's own choice.
     window_policy: WindowPolicy | None = None
     encoder_context: str | None = None
+    word_timestamps: bool = False  # each segment's words with their times (runtime/word_timing.py)
 
     @property
     def policy(self) -> WindowPolicy:

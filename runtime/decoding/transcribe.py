@@ -16,7 +16,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 
-from edge_asr.runtime.decoding.calls import Encode, EngineCall, Steps, call_engine
+from edge_asr.runtime.decoding.calls import Align, Encode, EngineCall, Steps, call_engine
 from edge_asr.runtime.decoding.decode import DecodingResult, decode_window_steps
 from edge_asr.runtime.decoding.language import detect_language_steps
 from edge_asr.runtime.decoding.options import TranscribeOptions
@@ -29,6 +29,7 @@ from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.tokenizer import WhisperTokenizer, language_code
 from edge_asr.runtime.transcript import Segment, WindowResult
 from edge_asr.runtime.windows import encoder_frames, padding_value
+from edge_asr.runtime.word_timing import alignment_tokens, window_words
 
 # Log-Mel values (after Whisper's scaling) that vary less than this across a window carry no sound.
 FLAT_MEL_RANGE = 1e-3
@@ -151,6 +152,12 @@ def _transcribe_window(
     spans, consumed = split_segments(result.tokens, tokenizer.timestamp_begin, audio_frames)
     consumed = _resume_point(spans, consumed, audio_frames, options)
     segments = _segments(tokenizer, spans, result, start, state.duration)
+    if options.word_timestamps and segments:
+        sot = tokenizer.sot_sequence(options.language, options.task)
+        text = [t for segment in segments for t in segment.tokens if t < tokenizer.eot]
+        logits, scores = yield Align(alignment_tokens(tokenizer, sot, text), audio)
+        state.last_speech = window_words(tokenizer, segments, logits, scores, len(sot), audio_frames, start,
+                                         state.last_speech, options.language or "en")
     state.extend(segments)
     if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
         state.reset_prompt()
@@ -263,6 +270,7 @@ class _RecordingState:
     rng: np.random.Generator
     tokens: list[int]
     reset_at: int = field(default=0)
+    last_speech: float = 0.0  # where the last word ended (word timestamps)
 
     def prompt(self) -> list[int]:
         return self.tokens[self.reset_at :]

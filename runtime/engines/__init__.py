@@ -15,7 +15,8 @@ def load_engine(bundle: Bundle, threads: int) -> Engine:
     if backend == "onnxruntime":
         from edge_asr.runtime.engines.ort import OrtEngine
 
-        return OrtEngine(bundle.file("encoder"), bundle.file("decoder"), bundle.dims, threads)
+        alignment = (lambda: bundle.checked_file("alignment")) if "alignment" in bundle.manifest["files"] else None
+        return OrtEngine(bundle.file("encoder"), bundle.file("decoder"), bundle.dims, threads, alignment)
     if backend == "tvm":
         from edge_asr.runtime.engines.tvm import TvmEngine
 

@@ -6,11 +6,14 @@ Graph inputs and outputs (written by compile/onnx_export.py):
   decoder: tokens [B, N], offsets [B], per layer l: self_k_l, self_v_l [B, n_text_ctx, n_text_state] and
            cross_k_l, cross_v_l [B, n_text_head, frames/2, head_dim]; select [B, k]
            -> logits [B, k, n_vocab], new_k, new_v [n_text_layer, B, N, n_text_state]
+  alignment (optional, word timestamps): tokens [1, N], cross_k_l, cross_v_l -> logits [N, n_vocab],
+           scores [alignment heads, N, frames/2]
 The engine keeps each cache as one stacked array (engines/stacked.py) and feeds per-layer views of it
 (no copies).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +80,12 @@ class OrtKVCache(StackedKVCache):
 
 
 class OrtEngine:
-    def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: int):
+    def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: int,
+                 alignment: Callable[[], Path] | None = None):
+        """``alignment``: gives the alignment graph's path (checked) when word timestamps first need it."""
         _shared_thread_pool(threads)
-        options = ort.SessionOptions()
+        self._alignment_file, self._aligner = alignment, None
+        options = self._options = ort.SessionOptions()
         options.use_per_session_threads = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Memory patterns plan one block per input shape; decoding sees many shapes (prompt, steps,
@@ -97,6 +103,23 @@ class OrtEngine:
             raise BundleError(f"{encoder.parent}'s manifest says {dims.n_mels} Mel bins but its encoder graph "
                               f"reads {mel_bins}: the bundle is inconsistent; compile it again.")
         check_decoder_inputs({i.name for i in self.decoder.get_inputs()}, dims.n_text_layer, decoder)
+
+    def align(self, tokens: np.ndarray, audio: OrtAudioContext) -> tuple[np.ndarray, np.ndarray]:
+        """Word timing's graph (decoding/calls.py, Align), loaded on first use."""
+        if self._aligner is None:
+            if self._alignment_file is None:
+                raise BundleError("this bundle has no alignment graph for word timestamps: compile it again with "
+                                  "`edge-asr compile`.")
+            path = self._alignment_file()
+            try:
+                self._aligner = ort.InferenceSession(str(path), self._options, providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime's own exception types
+                raise BundleError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from None
+        if audio.batch != 1:
+            raise ValueError("word timing aligns one window at a time")
+        tokens = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+        logits, scores = self._aligner.run_with_ort_values(None, {"tokens": tokens} | audio.values)
+        return logits.numpy(), scores.numpy()
 
     def encode(self, mel: np.ndarray) -> OrtAudioContext:
         cross_k, cross_v = self.encoder.run(None, {"mel": np.ascontiguousarray(mel, dtype=np.float32)})
