@@ -14,6 +14,8 @@ _PUBLIC = {
     "TranscribeOptions": "decoding.options",
     "Transcript": "transcript",
     "Segment": "transcript",
+    "Word": "transcript",
+    "OFFLINE_VAD": "speech_windows",
     "load_bundle": "bundle",
     "Bundle": "bundle",
     "StreamRecognizer": "streaming.recognizer",
