@@ -9,12 +9,15 @@ import importlib.util
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnxruntime as ort
 
 from edge_asr.runtime.audio import SAMPLE_RATE
-from edge_asr.runtime.engines.ort import helper_session_options
 from edge_asr.runtime.errors import ModelSourceError
+
+if TYPE_CHECKING:  # onnxruntime loads with the first detector, not with this module (its constants are read by
+    import onnxruntime as ort  # the segmenter, which `transcribe --help` builds its flags from)
 
 WINDOW_SAMPLES = 512  # the 16 kHz model judges 32 ms at a time
 CONTEXT_SAMPLES = 64  # and sees the last 64 samples of the window before (silero's OnnxWrapper)
@@ -78,6 +81,10 @@ class SileroVad:
 
 
 def _load(path: Path) -> ort.InferenceSession:
+    import onnxruntime as ort
+
+    from edge_asr.runtime.engines.ort import helper_session_options
+
     try:
         return ort.InferenceSession(str(path), helper_session_options(), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for a file that is not a model
