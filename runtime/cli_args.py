@@ -94,6 +94,9 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder-context", choices=ENCODER_CONTEXTS, default=defaults.encoder_context,
                         help="utterance: encode the utterance plus the model's margin (stock Whisper: 1 s, at least "
                         f"{STOCK_MIN_CONTEXT_S:g} s); full: always 30 s (default: %(default)s)")
+    parser.add_argument("--word-timestamps", action="store_true",
+                        help="finals carry their words with stream times (jsonl and the server's events; "
+                        "onnxruntime bundles)")
 
 
 def decoding_options(args: argparse.Namespace, **more):

@@ -91,9 +91,6 @@ def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOption
         vad = SileroVad(speech_only.model)  # before the engine (see Transcriber); a missing VAD is refused now
     transcriber = Transcriber(bundle, threads=threads, vad=vad)
     options = transcriber.with_model_facts(decoding).validate()
-    if options.word_timestamps and "alignment" not in transcriber.bundle.manifest["files"]:
-        raise EdgeAsrError(f"bundle {bundle} has no alignment graph for word timestamps (only onnxruntime bundles "
-                           "compiled by this edge-asr have one): compile it again with `edge-asr compile`.")
     progress = Progress(output.progress)
     failures = 0
     for path in files:

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE, AudioFile
 from edge_asr.runtime.bundle import Bundle, load_bundle
-from edge_asr.runtime.errors import AudioError
+from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines import load_engine
@@ -48,6 +48,10 @@ class Transcriber:
         """``options`` with what they leave to the model (None) taken from the bundle: its suppressed tokens
         and its window policy, from which each window's length follows (runtime/windows.py). Options made
         without the bundle (``TranscribeOptions(beam_size=5)``) so keep a student's audio-length windows."""
+        if options.word_timestamps and "alignment" not in self.bundle.manifest["files"]:
+            raise EdgeAsrError(f"bundle {self.bundle.path} has no alignment graph for word timestamps (only "
+                               "onnxruntime bundles compiled by this edge-asr have one): compile it again with "
+                               "`edge-asr compile`.")
         suppress = self.bundle.suppress_tokens
         return replace(
             options,

@@ -193,3 +193,42 @@ def test_word_timestamps_without_an_alignment_graph_is_one_sentence(tiny_bundle,
     assert out.returncode == 1 and len(lines) == 1 and "alignment graph" in lines[0], out.stderr
     out = run_cli("transcribe", "--max-line-count", "2", "--no-progress", "--bundle", old, jfk_wav)
     assert out.returncode != 0 and "--word-timestamps" in out.stderr.strip().splitlines()[-1]
+
+
+def test_stream_finals_carry_words_directly_and_through_the_engine_loop(tiny_bundle, jfk_wav):
+    """A final's words lie inside it, in stream time, whether its decoding runs alone or in the server's loop."""
+    from edge_asr.runtime.decoding.calls import run_sync
+    from edge_asr.runtime.errors import ModelSourceError
+    from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
+    from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+    from edge_asr.runtime.streaming.vad import SileroVad
+    from edge_asr.runtime.transcriber import Transcriber
+
+    try:
+        vads = [SileroVad(), SileroVad()]
+    except ModelSourceError as err:
+        pytest.skip(str(err))
+    transcriber = Transcriber(tiny_bundle, threads=2)
+    audio = np.concatenate([np.zeros(16000 * 3, np.float32), load_audio(jfk_wav)])
+    finals = {}
+    for name, vad in zip(("alone", "loop"), vads, strict=True):
+        recognizer = StreamRecognizer(transcriber.engine, transcriber.tokenizer, vad,
+                                      transcriber.options(word_timestamps=True), StreamOptions(partial_interval_s=0))
+        events = []
+        for at in range(0, len(audio), 16000):
+            steps = recognizer.push_steps(audio[at : at + 16000]) if name == "loop" else None
+            if steps is None:
+                events += recognizer.push(audio[at : at + 16000])
+            else:
+                job = Job(steps)
+                EngineLoop(transcriber.engine).run([job])
+                events += job.result
+        events += recognizer.flush() if name == "alone" else run_sync(recognizer.flush_steps(), transcriber.engine)
+        finals[name] = [e for e in events if e.type == "final"]
+    for events in finals.values():
+        assert events and all(e.words for e in events)
+        for event in events:
+            assert "".join(w.word for w in event.words).split() == event.text.split()
+            assert event.start - 0.5 <= event.words[0].start and event.words[-1].end <= event.end + 0.5
+        assert json.loads(events[0].to_json())["words"][0]["start"] >= 2.5  # after the 3 s of silence, in stream time
+    assert [e.words for e in finals["loop"]] == [e.words for e in finals["alone"]]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_asr.runtime.decoding.calls import Decode, Encode, EngineCall
+from edge_asr.runtime.decoding.calls import Decode, Encode, EngineCall, call_engine
 from edge_asr.runtime.serving.step_pools import StepPools
 
 
@@ -63,9 +63,8 @@ class EngineLoop:
         alone = [job for job in pending if job not in encodes and job not in steps]
         self._encode(encodes)
         self._step(steps)
-        for job in alone:
-            self._answer([job], lambda call=job.call: [self.engine.decode(call.tokens, call.offsets, call.cache,
-                                                                          call.audio, call.select)])
+        for job in alone:  # prompts, steps of an engine without pools, word timing
+            self._answer([job], lambda call=job.call: [call_engine(self.engine, call)])
 
     def run(self, jobs: list[Job]) -> None:
         """Rounds until every job is done."""

@@ -133,6 +133,6 @@ def serve(args: argparse.Namespace, find_bundle: Callable[[], Path]) -> int:
         raise EdgeAsrError(f"edge-asr serve needs {', '.join(missing)}: pip install 'edge-asr[serve]'.")
     from edge_asr.runtime.serving.server import run
 
-    scheduler = build_scheduler(find_bundle(), decoding_options(args), scheduling, streaming, args.threads,
-                                args.vad_model)
+    decoding = decoding_options(args, word_timestamps=args.word_timestamps)
+    scheduler = build_scheduler(find_bundle(), decoding, scheduling, streaming, args.threads, args.vad_model)
     return run(scheduler, options)

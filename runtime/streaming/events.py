@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
+from edge_asr.runtime.transcript import Word
+
 
 @dataclass(frozen=True)
 class StreamEvent:
@@ -17,6 +19,7 @@ class StreamEvent:
     text: str
     unstable: str = ""
     voiced_end: float = field(default=0.0, compare=False)  # where speech stopped: latency is measured from here
+    words: tuple[Word, ...] | None = None  # a final's words, with word timestamps (stream times)
 
     def to_json(self) -> str:
         event = {"type": self.type, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
@@ -24,6 +27,9 @@ class StreamEvent:
             event["unstable"] = self.unstable
         else:  # where the speech stopped: a client measures its latency from here
             event["speech_end"] = round(self.voiced_end, 3)
+            if self.words is not None:
+                event["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
+                                   "probability": round(w.probability, 4)} for w in self.words]
         return json.dumps(event, ensure_ascii=False)
 
 

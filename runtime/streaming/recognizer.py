@@ -31,6 +31,7 @@ from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.mel_stream import StreamingLogMel
 from edge_asr.runtime.streaming.segmenter import UtteranceEvent, VadOptions, VadSegmenter
 from edge_asr.runtime.tokenizer import WhisperTokenizer
+from edge_asr.runtime.transcript import Word
 from edge_asr.runtime.windows import ENCODER_CONTEXTS, encoder_frames, padding_value
 
 RING_FRAMES = N_FRAMES + 1500  # a 30 s utterance plus the padding and VAD delay before it is cut
@@ -67,6 +68,7 @@ class _Candidate:
     start: int
     end: int
     text: str
+    words: tuple[Word, ...] | None = None
 
 
 class StreamRecognizer:
@@ -123,8 +125,7 @@ class StreamRecognizer:
                 self._candidate, self._partials_shown = None, False
                 self._next_partial = event.start + self._partial_samples()
             elif event.kind == "pause":
-                text = yield from self._final_text(event.start, event.end)
-                self._candidate = _Candidate(event.start, event.end, text)
+                self._candidate = _Candidate(event.start, event.end, *(yield from self._final_text(event.start, event.end)))
             else:
                 events.extend((yield from self._final(event)))
         return events
@@ -132,16 +133,16 @@ class StreamRecognizer:
     def _final(self, event: UtteranceEvent) -> Steps[list[StreamEvent]]:
         candidate = self._candidate
         if candidate is not None and (candidate.start, candidate.end) == (event.start, event.end):
-            text = candidate.text
+            text, words = candidate.text, candidate.words
         else:
-            text = yield from self._final_text(event.start, event.end)
+            text, words = yield from self._final_text(event.start, event.end)
         self._candidate = None
         if not text and not self._partials_shown:
             return []  # noise the VAD took for speech: nothing was shown, nothing to close
         if text and self.transcribe_options.condition_on_previous_text:
             self._set_prompt((self._prompt_text or "") + " " + text)
         return [StreamEvent("final", event.start / SAMPLE_RATE, event.end / SAMPLE_RATE, text,
-                            voiced_end=event.voiced_end / SAMPLE_RATE)]
+                            voiced_end=event.voiced_end / SAMPLE_RATE, words=words)]
 
     def _partial_samples(self) -> int:
         interval = self.options.partial_interval_s
@@ -173,14 +174,20 @@ class StreamRecognizer:
         self._prompt_text = kept or None
         self._prompt_tokens = self.tokenizer.encode(" " + self._prompt_text) if self._prompt_text else []
 
-    def _final_text(self, start: int, end: int) -> Steps[str]:
-        """The offline decoding (fallback, silence and loop checks) of one utterance."""
+    def _final_text(self, start: int, end: int) -> Steps[tuple[str, tuple[Word, ...] | None]]:
+        """The offline decoding (fallback, silence and loop checks) of one utterance: its text, and its words in
+        stream time when the options ask for word timestamps."""
         content, window_frames = self._frames(start, end)
         # The window is decided above: the utterance fills it, padded to its length ("full").
         options = replace(self.transcribe_options, window_frames=window_frames, encoder_context="full",
                           initial_prompt=self._prompt_text)
         windows = yield from transcribe_windows(self.engine, self.tokenizer, content, options, window_buffer=self._window)
-        return " ".join(segment.text.strip() for window in windows for segment in window.segments).strip()
+        segments = [segment for window in windows for segment in window.segments]
+        text = " ".join(segment.text.strip() for segment in segments).strip()
+        if not options.word_timestamps:
+            return text, None
+        offset = (start // HOP_LENGTH) / FRAMES_PER_SECOND  # where the utterance's first Mel frame lies
+        return text, tuple(replace(w, start=w.start + offset, end=w.end + offset) for s in segments for w in s.words)
 
     def _partial_text(self, start: int, end: int) -> Steps[str]:
         """A quick guess: one greedy pass without timestamps, no fallback."""

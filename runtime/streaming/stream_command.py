@@ -34,7 +34,8 @@ def stream(bundle: Path, args) -> int:
     options = stream_options(args).validate()  # a bad option is refused before anything loads
     vad = SileroVad(args.vad_model)  # before the engine: see SileroVad
     source = open_source(args)
-    recognizer = new_recognizer(bundle, decoding_options(args), options, vad, args.threads)
+    decoding = decoding_options(args, word_timestamps=args.word_timestamps)
+    recognizer = new_recognizer(bundle, decoding, options, vad, args.threads)
     return run(source, recognizer, SINKS[args.format](sys.stdout))
 
 
