@@ -56,8 +56,7 @@ def _json(transcript: Transcript) -> str:
 def _json_segment(segment: Segment) -> dict:
     entry = {"start": round(segment.start, 3), "end": round(segment.end, 3), "text": segment.text.strip()}
     if segment.words is not None:
-        entry["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
-                           "probability": round(w.probability, 4)} for w in segment.words]
+        entry["words"] = [word.to_dict() for word in segment.words]
     return entry
 
 

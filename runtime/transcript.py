@@ -11,6 +11,11 @@ class Word:
     word: str  # as the model wrote it, with its leading space and the punctuation around it
     probability: float
 
+    def to_dict(self) -> dict:
+        """As JSON output writes it (transcribe's segments, stream's finals)."""
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "word": self.word,
+                "probability": round(self.probability, 4)}
+
 
 @dataclass
 class Segment:

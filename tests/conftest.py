@@ -41,6 +41,18 @@ def librivox_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vad_model() -> Path:
+    """The Silero VAD's ONNX file, or a skip that says how to install it."""
+    from edge_asr.runtime.errors import ModelSourceError
+    from edge_asr.runtime.streaming.vad import locate_vad_model
+
+    try:
+        return locate_vad_model()
+    except ModelSourceError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("edge-asr-cache")
 

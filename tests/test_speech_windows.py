@@ -11,10 +11,8 @@ from conftest import run_cli
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.decoding.transcribe import transcribe
 from edge_asr.runtime.engines.timed import TimedEngine
-from edge_asr.runtime.errors import ModelSourceError
 from edge_asr.runtime.mel import FRAMES_PER_SECOND
 from edge_asr.runtime.speech_windows import OFFLINE_VAD, SpeechMap, find_speech
-from edge_asr.runtime.streaming.vad import locate_vad_model
 from edge_asr.runtime.transcript import Segment, WindowResult
 
 S = SAMPLE_RATE
@@ -82,14 +80,6 @@ def test_windows_never_cross_a_window_end(transcriber, jfk_wav):
     windows = list(transcribe(engine, transcriber.tokenizer, mel, transcriber.options(), window_ends=ends))
     assert windows[0].end <= 4.0 and any(w.end == 15.0 for w in windows)
     assert all(not (w.start < 4.0 < w.end or w.start < 15.0 < w.end) for w in windows)
-
-
-@pytest.fixture(scope="module")
-def vad_model():
-    try:
-        return locate_vad_model()
-    except ModelSourceError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from edge_asr.runtime.errors import AudioError, ModelSourceError
 from edge_asr.runtime.streaming import stream_command
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
-from edge_asr.runtime.streaming.vad import SileroVad, locate_vad_model
+from edge_asr.runtime.streaming.vad import SileroVad
 
 BLOCK = 512  # samples a push, as `edge-asr stream --input` reads a file
 JFK_CUT_S = 6.8  # in the middle of "do", after "country": what the clip holds up to here is known
@@ -35,14 +35,6 @@ def transcriber(tiny_bundle):
     from edge_asr.runtime.transcriber import Transcriber
 
     return Transcriber(tiny_bundle, threads=2)
-
-
-@pytest.fixture(scope="module")
-def vad_model():
-    try:
-        return locate_vad_model()
-    except ModelSourceError as err:
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

@@ -195,19 +195,15 @@ def test_word_timestamps_without_an_alignment_graph_is_one_sentence(tiny_bundle,
     assert out.returncode != 0 and "--word-timestamps" in out.stderr.strip().splitlines()[-1]
 
 
-def test_stream_finals_carry_words_directly_and_through_the_engine_loop(tiny_bundle, jfk_wav):
+def test_stream_finals_carry_words_directly_and_through_the_engine_loop(tiny_bundle, vad_model, jfk_wav):
     """A final's words lie inside it, in stream time, whether its decoding runs alone or in the server's loop."""
     from edge_asr.runtime.decoding.calls import run_sync
-    from edge_asr.runtime.errors import ModelSourceError
     from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
     from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
     from edge_asr.runtime.streaming.vad import SileroVad
     from edge_asr.runtime.transcriber import Transcriber
 
-    try:
-        vads = [SileroVad(), SileroVad()]
-    except ModelSourceError as err:
-        pytest.skip(str(err))
+    vads = [SileroVad(vad_model), SileroVad(vad_model)]
     transcriber = Transcriber(tiny_bundle, threads=2)
     audio = np.concatenate([np.zeros(16000 * 3, np.float32), load_audio(jfk_wav)])
     finals = {}

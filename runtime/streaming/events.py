@@ -28,8 +28,7 @@ class StreamEvent:
         else:  # where the speech stopped: a client measures its latency from here
             event["speech_end"] = round(self.voiced_end, 3)
             if self.words is not None:
-                event["words"] = [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
-                                   "probability": round(w.probability, 4)} for w in self.words]
+                event["words"] = [word.to_dict() for word in self.words]
         return json.dumps(event, ensure_ascii=False)
 
 
