@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_asr.benchmarks.clips import developer_clips, folder_clips
+from edge_asr.models.clips import developer_clips, folder_clips
 from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 

@@ -23,10 +23,10 @@ from functools import partial
 
 import numpy as np
 
-from edge_asr.benchmarks.clips import Clip
+from edge_asr.models.clips import Clip
 from edge_asr.benchmarks.power import PowerRecording, choose
 from edge_asr.benchmarks.report import latency_figures
-from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
 

@@ -40,7 +40,7 @@ def pack(out: Path) -> None:
     """What `run` needs on a machine without the zoo's packages or a registry."""
     import silero_vad
 
-    from edge_asr.benchmarks.clips import developer_clips
+    from edge_asr.models.clips import developer_clips
     from edge_asr.compile.bundle_writer import compile_bundle
 
     out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +115,8 @@ def transcribe_clips(bundle: Path, clips: Path) -> dict:
     """The clips on the GPU (fp16) and the CPU (fp32, the same weights): texts, times, agreement."""
     import torch
 
-    from edge_asr.benchmarks.clips import folder_clips
-    from edge_asr.benchmarks.wer import corpus_wer
+    from edge_asr.models.clips import folder_clips
+    from edge_asr.models.wer import corpus_wer
     from edge_asr.runtime.transcriber import Transcriber
 
     texts: dict[str, dict[str, str]] = {}

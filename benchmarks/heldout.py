@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_asr.benchmarks.clips import CARDS, Clip, developer_clips, sphinx_clips
-from edge_asr.benchmarks.set_eval import ClipSets, SetResult, as_dict, results_table
+from edge_asr.models.clips import CARDS, Clip, developer_clips, sphinx_clips
+from edge_asr.models.set_eval import ClipSets, SetResult, as_dict, results_table
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
 

@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_asr.benchmarks.bench_command import _require_scoring
-from edge_asr.benchmarks.clips import Clip, developer_clips, folder_clips
+from edge_asr.models.clips import Clip, developer_clips, folder_clips
 from edge_asr.benchmarks.engine_split import engine_split, scrape_engine
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
 from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
 from edge_asr.benchmarks.report import LATENCY_COLUMNS, MISSING, Column, _num, _table, latency_figures, write_json
-from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.engines.timed import ENGINE_OPS
 from edge_asr.runtime.errors import EdgeAsrError

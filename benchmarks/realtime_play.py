@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_asr.benchmarks.clips import Clip
+from edge_asr.models.clips import Clip
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.streaming.recognizer import StreamRecognizer
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_asr.benchmarks.clips import CARDS, JFK, REFERENCES_NAME, Clip, developer_clips, sphinx_clips
+from edge_asr.models.clips import CARDS, JFK, REFERENCES_NAME, Clip, developer_clips, sphinx_clips
 from edge_asr.benchmarks.heldout import sound_clips
-from edge_asr.benchmarks.wer import corpus_wer, normalise
+from edge_asr.models.wer import corpus_wer, normalise
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
 

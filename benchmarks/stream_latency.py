@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asr.benchmarks.clips import developer_clips
+from edge_asr.models.clips import developer_clips
 from edge_asr.benchmarks.realtime_play import faint_noise, play, speech_stream
 from edge_asr.benchmarks.report import latency_figures
 from edge_asr.runtime.engines.timed import TimedEngine
-from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer

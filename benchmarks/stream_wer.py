@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_asr.benchmarks.clips import Clip, developer_clips
+from edge_asr.models.clips import Clip, developer_clips
 from edge_asr.runtime.engines.timed import TimedEngine
-from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 from edge_asr.runtime.streaming.segmenter import VadOptions

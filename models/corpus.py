@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_asr.benchmarks.clips import Clip, folder_clips
+from edge_asr.models.clips import Clip, folder_clips
 from edge_asr.models.augment import AugmentOptions, augment
 from edge_asr.models.nonspeech import nonspeech
 from edge_asr.models.real_speech import REAL_SETS, real_clips
@@ -306,7 +306,7 @@ def _make_example(out: Path, job: Job, labeller: Labeller | None, max_wer: float
 
 def pseudo_label_wer(reference: str, pseudo_label: str) -> float:
     """WER in percent after Whisper's English normaliser, as the benchmarks score."""
-    from edge_asr.benchmarks.wer import corpus_wer
+    from edge_asr.models.wer import corpus_wer
 
     return corpus_wer([(reference, pseudo_label)])
 

@@ -177,7 +177,7 @@ def run_finetune(args) -> int:
 def _data(args, checkpoint, teacher, teacher_labels: bool):
     """The corpus as cached examples (labelled by the teacher, or by the corpus text with the teacher's
     top-k when it has a share), and the evaluation sets (None when none was asked for)."""
-    from edge_asr.benchmarks.clips import Clip, folder_clips, sphinx_clips
+    from edge_asr.models.clips import Clip, folder_clips, sphinx_clips
     from edge_asr.models.corpus import read_manifest
     from edge_asr.models.real_speech import REAL_SETS
     from edge_asr.models.student_eval import StudentEvaluator
@@ -235,7 +235,7 @@ def _train(args, model, examples, evaluator, window, encoder_weight: float):
 
 def _card(args, examples, minutes: float, evaluations: dict) -> str:
     """The model card of a distilled student: its data, recipe, training time and evaluations."""
-    from edge_asr.benchmarks.set_eval import results_table
+    from edge_asr.models.set_eval import results_table
 
     hours = sum(e.audio_frames for e in examples) / FRAMES_PER_SECOND / 3600
     lines = [f"# Student of {args.teacher}", "",
@@ -264,7 +264,7 @@ def _print_evaluation(title: str, results) -> None:
 
 
 def _report(args, history, evaluations: dict, written: Path) -> None:
-    from edge_asr.benchmarks.set_eval import as_dict
+    from edge_asr.models.set_eval import as_dict
 
     report = {
         "command": {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}

@@ -12,7 +12,7 @@ import gzip
 import re
 from pathlib import Path
 
-from edge_asr.benchmarks.clips import Clip
+from edge_asr.models.clips import Clip
 from edge_asr.models.sentences import sentence_split
 from edge_asr.runtime.errors import EdgeAsrError
 

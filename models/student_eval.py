@@ -1,13 +1,13 @@
 """A PyTorch model judged the way users meet it: the runtime's own transcription over the PyTorch engine
-(benchmarks/set_eval.py), on sets of clips, with no export."""
+(models/set_eval.py), on sets of clips, with no export."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from edge_asr.benchmarks.clips import Clip
-from edge_asr.benchmarks.set_eval import ClipSets, SetResult
+from edge_asr.models.clips import Clip
+from edge_asr.models.set_eval import ClipSets, SetResult
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.engines.torch_engine import TorchEngine
 from edge_asr.runtime.tokenizer import WhisperTokenizer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_asr.benchmarks.clips import JFK, LIBRIVOX
+from edge_asr.models.clips import JFK, LIBRIVOX
 
 DATA = Path(__file__).parent / "data"
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import require, run_cli
-from edge_asr.benchmarks.clips import JFK, JFK_TEXT, folder_clips, read_references
+from edge_asr.models.clips import JFK, JFK_TEXT, folder_clips, read_references
 from edge_asr.benchmarks.realtime_play import BLOCK, play
 from edge_asr.runtime.engines.timed import TimedEngine
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.wer import normalise
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent

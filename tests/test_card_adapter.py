@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_asr.benchmarks.clips import CARDS, sphinx_clips
+from edge_asr.models.clips import CARDS, sphinx_clips
 
 from conftest import compiled_bundle, require, run_cli
 
@@ -15,7 +15,7 @@ ADAPTER = Path(__file__).resolve().parent.parent / "models" / "adapters" / "tiny
 
 
 def _card_wer(bundle: Path) -> float:
-    from edge_asr.benchmarks.wer import corpus_wer
+    from edge_asr.models.wer import corpus_wer
 
     clips = sphinx_clips(CARDS)
     done = run_cli("transcribe", "--bundle", bundle, "--no-progress", *(clip.path for clip in clips))

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 
 
 def _one_sentence(stderr: str) -> str:

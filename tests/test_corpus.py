@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from conftest import require
-from edge_asr.benchmarks.clips import JFK_TEXT
+from edge_asr.models.clips import JFK_TEXT
 from edge_asr.models import corpus, voices
 from edge_asr.models.augment import AugmentOptions, add_noise, augment, speed_perturb, trim_silence
 from edge_asr.models.corpus import CorpusOptions, build_corpus, read_manifest

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.wer import normalise
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.decoding.calls import Decode, Encode
 from edge_asr.runtime.decoding.transcribe import transcribe_windows

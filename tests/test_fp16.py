@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import require, run_cli
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.mel import N_SAMPLES, LogMelFrontend
 from edge_asr.runtime.transcriber import Transcriber

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from conftest import run_cli
-from edge_asr.benchmarks.wer import normalise
-from edge_asr.benchmarks.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.decoding.decode import decode_window
 from edge_asr.runtime.decoding.options import DecodingOptions

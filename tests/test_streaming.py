@@ -15,10 +15,10 @@ import soxr
 
 from conftest import run_cli
 from test_sources import FakeInputStream, mic
-from edge_asr.benchmarks.clips import JFK, JFK_TEXT, developer_clips
+from edge_asr.models.clips import JFK, JFK_TEXT, developer_clips
 from edge_asr.benchmarks.stream_wer import stream_text
 from edge_asr.runtime.engines.timed import TimedEngine
-from edge_asr.benchmarks.wer import corpus_wer, normalise
+from edge_asr.models.wer import corpus_wer, normalise
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import AudioError, ModelSourceError
 from edge_asr.runtime.streaming import stream_command

