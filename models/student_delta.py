@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asr.models.checkpoint import Checkpoint, read_json
+from edge_asr.models.checkpoint import TAIL, Checkpoint, read_json
 from edge_asr.runtime.errors import ModelSourceError
 from edge_asr.runtime.windows import WindowPolicy
 
@@ -34,7 +34,8 @@ def save_delta(student_state: dict, base: Checkpoint, base_name: str, window: Wi
     out.mkdir(parents=True, exist_ok=True)
     changed = {name: tensor.detach().cpu().float().numpy().astype(np.float16)
                for name, tensor in student_state.items()
-               if name not in FIXED and not np.array_equal(tensor.detach().cpu().float().numpy(), base.tensors[name])}
+               if name not in FIXED and (name not in base.tensors
+                                         or not np.array_equal(tensor.detach().cpu().float().numpy(), base.tensors[name]))}
     if not changed:
         raise ModelSourceError("The student is its base: there is no delta to save.")
     save_file(changed, str(out / WEIGHTS))
@@ -61,7 +62,11 @@ def read_delta(directory: Path, base: Checkpoint, name: str) -> Checkpoint:
         raise ModelSourceError(f"The student {directory} is damaged: {WEIGHTS} is missing or does not match its sha256.")
     tensors = dict(base.tensors)
     for tensor_name, value in load_file(str(weights)).items():
-        if tensor_name not in tensors or tensors[tensor_name].shape != value.shape:
+        if tensor_name == TAIL:  # the student's own, not a change of the base (AudioEncoder.with_tail)
+            if value.shape != tensors["encoder.positional_embedding"].shape:
+                raise ModelSourceError(f"The student {directory}'s silence tail has shape {value.shape}, not that "
+                                       f"of {base.name}'s encoder frames.")
+        elif tensor_name not in tensors or tensors[tensor_name].shape != value.shape:
             raise ModelSourceError(f"The student {directory} changes {tensor_name}, which {base.name} does not have "
                                    "in that shape.")
         tensors[tensor_name] = value.astype(np.float32)

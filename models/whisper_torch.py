@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edge_asr.models.checkpoint import Checkpoint, sinusoids
+from edge_asr.models.checkpoint import TAIL, Checkpoint, sinusoids
 from edge_asr.runtime.dims import ModelDims
 
 
@@ -99,6 +99,22 @@ class AudioEncoder(nn.Module):
             ResidualAttentionBlock(state, dims.n_audio_head) for _ in range(dims.n_audio_layer)
         )
         self.ln_post = nn.LayerNorm(state)
+        self.register_buffer("tail", None)  # a None buffer is not in the state dict: stock models have none
+
+    def set_tail(self, tail: Tensor) -> None:
+        """Give the encoder a silence tail [n_audio_ctx, D] (see ``with_tail``); a buffer, so it is saved."""
+        if tail.shape != self.positional_embedding.shape:
+            raise ValueError(f"a silence tail has shape {tuple(self.positional_embedding.shape)}, not {tuple(tail.shape)}")
+        self.tail = tail.detach().clone().to(self.positional_embedding)
+
+    def with_tail(self, x: Tensor) -> Tensor:
+        """Encoder output [B, T, D] of a short window, followed by the tail's frames from T on: what the
+        decoder reads. A length-adaptive student with a tail encodes only its audio plus a margin, and its
+        frozen decoder still sees the 30 s of frames it was trained on, the rest being the teacher's own
+        encoding of silence (models/student.py). Without a tail (stock Whisper, older students): ``x``."""
+        if self.tail is None or x.shape[1] >= self.tail.shape[0]:
+            return x
+        return torch.cat([x, self.tail[x.shape[1]:].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
 
     def forward(self, mel: Tensor) -> Tensor:
         """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
@@ -206,11 +222,17 @@ class WhisperModel(nn.Module):
 
     def logits(self, mel: Tensor, tokens: Tensor) -> Tensor:
         """Logits [B, N, n_vocab] of every token position, computed without a cache."""
-        return self.decoder.full(tokens, self.encoder(mel))
+        return self.decoder.full(tokens, self.encoder.with_tail(self.encoder(mel)))
+
+    def audio_context(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """What the decoder reads of a window: its cross-attention keys and values [L, B, H, T, dh]."""
+        return self.decoder.cross_kv(self.encoder.with_tail(self.encoder(mel)))
 
 
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
     """A float32 model in eval mode holding the checkpoint's weights."""
     model = WhisperModel(ckpt.dims)
+    if TAIL in ckpt.tensors:
+        model.encoder.set_tail(torch.tensor(ckpt.tensors[TAIL], dtype=torch.float32))
     model.load_state_dict({name: torch.tensor(t, dtype=torch.float32) for name, t in ckpt.tensors.items()})
     return model.eval()

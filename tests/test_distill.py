@@ -16,8 +16,8 @@ from edge_asr.models.distill_data import BatchOrder, collate, example_from_audio
 from edge_asr.models.distill_loss import IGNORE_INDEX, TemperatureSchedule, distillation_loss
 from edge_asr.models.distill_train import TrainSettings, train
 from edge_asr.models.openai_reader import read_openai
-from edge_asr.models.student import evenly_spaced_layers, make_student, save_openai_checkpoint
-from edge_asr.models.whisper_torch import WhisperModel
+from edge_asr.models.student import TAIL_LEVEL, evenly_spaced_layers, make_student, save_openai_checkpoint, silence_tail
+from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
@@ -146,6 +146,39 @@ def test_saved_student_reads_back_as_a_checkpoint(tmp_path):
     assert checkpoint.dims == student.dims
     for name, tensor in student.state_dict().items():
         assert np.array_equal(checkpoint.tensors[name], tensor.numpy()), name
+
+
+def test_a_silence_tail_follows_a_short_windows_frames_and_is_saved_with_the_student(tmp_path):
+    teacher = tiny_model(0)
+    student = make_student(teacher)
+    tail = silence_tail(teacher)
+    with torch.no_grad():  # the teacher's own encoding of a 30 s window of silence
+        assert torch.equal(tail, teacher.encoder(torch.full((1, 80, N_FRAMES), TAIL_LEVEL))[0])
+    student.encoder.set_tail(tail)
+    with torch.no_grad():
+        own = student.encoder(torch.randn(2, 80, 400))
+        read = student.encoder.with_tail(own)
+        whole = student.encoder(torch.randn(1, 80, N_FRAMES))
+    assert read.shape == (2, TINY.n_audio_ctx, TINY.n_audio_state)
+    assert torch.equal(read[:, :200], own) and torch.equal(read[1, 200:], tail[200:])
+    assert student.encoder.with_tail(whole) is whole  # a 30 s window has no frames to add
+    assert teacher.encoder.with_tail(own) is own and "encoder.tail" not in teacher.state_dict()
+    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
+    again = from_checkpoint(read_openai(path, tokenizer_json=tmp_path / "tokenizer.json"))
+    assert torch.equal(again.encoder.tail, tail)
+    with pytest.raises(ValueError, match="shape"):
+        student.encoder.set_tail(tail[:100])
+
+
+def test_a_tailed_student_trains_its_encoder_and_keeps_its_tail(examples, tmp_path):
+    teacher = tiny_model(2)
+    student = make_student(teacher)
+    student.encoder.set_tail(silence_tail(teacher))
+    tail = student.encoder.tail.clone()
+    student.decoder.requires_grad_(False)
+    history = train(student, examples, replace(SETTINGS, steps=4), tmp_path, teacher=teacher, log=lambda line: None)
+    assert history[-1].loss < history[0].loss
+    assert torch.equal(student.encoder.tail, tail)  # a buffer: the teacher's silence, never trained
 
 
 # -- features and batches ------------------------------------------------------------------------

