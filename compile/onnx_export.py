@@ -30,7 +30,7 @@ OPSET = 17  # the first opset with a native LayerNormalization op (one node inst
 
 class _EncoderGraph(nn.Module):
     """The encoder followed by every decoder layer's cross-attention key/value projections. A model with a
-    silence tail (AudioEncoder.with_tail) gets the tail's keys and values as constants, computed here once:
+    silence tail (WhisperModel.audio_context) gets the tail's keys and values as constants, computed here once:
     a window then pays for projecting its own frames only."""
 
     def __init__(self, model: WhisperModel):

@@ -183,7 +183,7 @@ class _Trainer:
                 with torch.no_grad():
                     teacher_logits = self.teacher.logits(batch.teacher_mel, batch.tokens)
             encoded = self.student.encoder(batch.student_mel)
-            student_logits = self.student.decoder.full(batch.tokens, self.student.encoder.with_tail(encoded))
+            student_logits = self.student.decoder.full(batch.tokens, cross=self.student.audio_context(encoded))
         loss = distillation_loss(student_logits, teacher_logits, batch.labels, settings.alpha, temperature)
         if settings.encoder_weight > 0:
             matching = encoder_matching_loss(encoded, batch.teacher_encoded, batch.encoded_frames)

@@ -61,7 +61,7 @@ TAIL_LEVEL = -1.0
 
 def silence_tail(teacher: WhisperModel, level: float = TAIL_LEVEL) -> torch.Tensor:
     """The teacher's encoder output [n_audio_ctx, D] on a 30 s window of silence at ``level``: the frames a
-    student with a tail (AudioEncoder.with_tail) puts after its own, so that its frozen decoder still reads
+    student with a tail (WhisperModel.audio_context) puts after its own, so that its frozen decoder still reads
     30 s of encoder frames, as it was trained to, while the encoder reads only the audio plus a margin.
     Without it the decoder sees a few seconds of frames, a context it never saw in training (the stock model
     loops or stops early there; the student had to learn around that)."""

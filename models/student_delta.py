@@ -62,7 +62,7 @@ def read_delta(directory: Path, base: Checkpoint, name: str) -> Checkpoint:
         raise ModelSourceError(f"The student {directory} is damaged: {WEIGHTS} is missing or does not match its sha256.")
     tensors = dict(base.tensors)
     for tensor_name, value in load_file(str(weights)).items():
-        if tensor_name == TAIL:  # the student's own, not a change of the base (AudioEncoder.with_tail)
+        if tensor_name == TAIL:  # the student's own, not a change of the base (WhisperModel.audio_context)
             if value.shape != tensors["encoder.positional_embedding"].shape:
                 raise ModelSourceError(f"The student {directory}'s silence tail has shape {value.shape}, not that "
                                        f"of {base.name}'s encoder frames.")

@@ -102,19 +102,11 @@ class AudioEncoder(nn.Module):
         self.register_buffer("tail", None)  # a None buffer is not in the state dict: stock models have none
 
     def set_tail(self, tail: Tensor) -> None:
-        """Give the encoder a silence tail [n_audio_ctx, D] (see ``with_tail``); a buffer, so it is saved."""
+        """Give the encoder a silence tail [n_audio_ctx, D] (see WhisperModel.audio_context); a buffer, so it is
+        saved with the weights, and never trained."""
         if tail.shape != self.positional_embedding.shape:
             raise ValueError(f"a silence tail has shape {tuple(self.positional_embedding.shape)}, not {tuple(tail.shape)}")
         self.tail = tail.detach().clone().to(self.positional_embedding)
-
-    def with_tail(self, x: Tensor) -> Tensor:
-        """Encoder output [B, T, D] of a short window, followed by the tail's frames from T on: what the
-        decoder reads. A length-adaptive student with a tail encodes only its audio plus a margin, and its
-        frozen decoder still sees the 30 s of frames it was trained on, the rest being the teacher's own
-        encoding of silence (models/student.py). Without a tail (stock Whisper, older students): ``x``."""
-        if self.tail is None or x.shape[1] >= self.tail.shape[0]:
-            return x
-        return torch.cat([x, self.tail[x.shape[1]:].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
 
     def forward(self, mel: Tensor) -> Tensor:
         """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
@@ -222,11 +214,23 @@ class WhisperModel(nn.Module):
 
     def logits(self, mel: Tensor, tokens: Tensor) -> Tensor:
         """Logits [B, N, n_vocab] of every token position, computed without a cache."""
-        return self.decoder.full(tokens, self.encoder.with_tail(self.encoder(mel)))
+        return self.decoder.full(tokens, cross=self.audio_context(self.encoder(mel)))
 
-    def audio_context(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        """What the decoder reads of a window: its cross-attention keys and values [L, B, H, T, dh]."""
-        return self.decoder.cross_kv(self.encoder.with_tail(self.encoder(mel)))
+    def audio_context(self, encoded: Tensor) -> tuple[Tensor, Tensor]:
+        """What the decoder reads of encoder output [B, T, D]: every layer's cross-attention keys and values
+        [L, B, H, T', dh]. T' is T, except for a model with a silence tail (AudioEncoder.set_tail), whose
+        decoder reads a short window's own frames and then the tail's from T on: a length-adaptive student
+        encodes only its audio plus a margin, and its frozen decoder still sees the 30 s of frames it was
+        trained on, the rest being the teacher's own encoding of silence (models/student.py)."""
+        keys, values = self.decoder.cross_kv(encoded)
+        tail = self.encoder.tail
+        if tail is None or encoded.shape[1] >= tail.shape[0]:
+            return keys, values
+        # Projected once for the batch: the tail is the same for every row.
+        tail_k, tail_v = self.decoder.cross_kv(tail[None, encoded.shape[1]:].to(encoded.dtype))
+        rows = encoded.shape[0]
+        return (torch.cat([keys, tail_k.expand(-1, rows, -1, -1, -1)], dim=3),
+                torch.cat([values, tail_v.expand(-1, rows, -1, -1, -1)], dim=3))
 
 
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:

@@ -157,12 +157,14 @@ def test_a_silence_tail_follows_a_short_windows_frames_and_is_saved_with_the_stu
     student.encoder.set_tail(tail)
     with torch.no_grad():
         own = student.encoder(torch.randn(2, 80, 400))
-        read = student.encoder.with_tail(own)
+        keys, values = student.audio_context(own)
+        want = student.decoder.cross_kv(torch.cat([own, tail[200:].expand(2, -1, -1)], dim=1))
         whole = student.encoder(torch.randn(1, 80, N_FRAMES))
-    assert read.shape == (2, TINY.n_audio_ctx, TINY.n_audio_state)
-    assert torch.equal(read[:, :200], own) and torch.equal(read[1, 200:], tail[200:])
-    assert student.encoder.with_tail(whole) is whole  # a 30 s window has no frames to add
-    assert teacher.encoder.with_tail(own) is own and "encoder.tail" not in teacher.state_dict()
+        plain = teacher.audio_context(own)
+    assert keys.shape[3] == TINY.n_audio_ctx  # 30 s of frames: the window's 200, then the tail's
+    assert torch.allclose(keys, want[0], atol=1e-5) and torch.allclose(values, want[1], atol=1e-5)
+    assert torch.equal(student.audio_context(whole)[0], student.decoder.cross_kv(whole)[0])  # nothing to add
+    assert plain[0].shape[3] == 200 and "encoder.tail" not in teacher.state_dict()  # stock: no tail
     path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
     again = from_checkpoint(read_openai(path, tokenizer_json=tmp_path / "tokenizer.json"))
     assert torch.equal(again.encoder.tail, tail)

@@ -116,8 +116,7 @@ class TorchEngine:
     def context(self, encoded: torch.Tensor) -> TorchAudioContext:
         """The audio context of encoder output [B, frames/2, D] computed elsewhere (e.g. by a teacher's
         own encoder call whose output is also kept); a model with a silence tail gets it here."""
-        encoded = self.model.encoder.with_tail(encoded.to(self.device, self.dtype))
-        return TorchAudioContext(*self.model.decoder.cross_kv(encoded))
+        return TorchAudioContext(*self.model.audio_context(encoded.to(self.device, self.dtype)))
 
     def new_cache(self, batch: int) -> TorchKVCache:
         shape = (self.dims.n_text_layer, batch, self.dims.n_text_ctx, self.dims.n_text_state)
