@@ -83,7 +83,7 @@ def run(bundle: Path, args) -> int:
     from edge_asr.benchmarks.power import choose
     from edge_asr.benchmarks.report import load_result, markdown, write_outputs
     from edge_asr.runtime.bundle import load_bundle
-    from edge_asr.runtime.transcriber import default_threads
+    from edge_asr.runtime.threads import default_threads
 
     margin = _checked(parse_margin, args.max_regression)
     if args.power not in ("auto", "none"):

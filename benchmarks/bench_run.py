@@ -75,17 +75,19 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def edge_asr_transcriber(spec: BenchSpec):
-    """The Transcriber of the bundle, its engine wrapped to time the encoder and decoder calls."""
+def edge_asr_transcriber(spec: BenchSpec, threads=None):
+    """The Transcriber of the bundle, its engine wrapped to time the encoder and decoder calls; ``threads``: the
+    caller's runtime.threads.Threads when it has made helpers (VADs) already, else spec.threads."""
     from edge_asr.runtime.engines.timed import TimedEngine
+    from edge_asr.runtime.threads import Threads
     from edge_asr.runtime.transcriber import Transcriber
 
-    vad = None
+    vad, threads = None, Threads.of(threads or spec.threads)
     if spec.vad:
         from edge_asr.runtime.streaming.vad import SileroVad
 
-        vad = SileroVad()  # before the engine, as `transcribe --vad` makes it
-    transcriber = Transcriber(spec.bundle, threads=spec.threads, vad=vad)
+        vad = SileroVad(threads=threads)  # before the engine, as `transcribe --vad` makes it
+    transcriber = Transcriber(spec.bundle, threads=threads, vad=vad)
     transcriber.engine = TimedEngine(transcriber.engine)
     options = transcriber.options(beam_size=spec.beam, language=spec.language, task=spec.task)
     return transcriber, options
@@ -161,14 +163,14 @@ def stream_subject(spec: BenchSpec) -> Subject:
     do not all fall at once; one VAD and one recognizer per stream, one engine for all."""
     from edge_asr.benchmarks.realtime_play import rotated_streams
     from edge_asr.runtime.streaming.vad import SileroVad
+    from edge_asr.runtime.threads import Threads
 
     if spec.system != "edge-asr":
         raise EdgeAsrError(f"{spec.system} has no streaming mode.")
-    # The VADs before the engine, as `edge-asr stream` makes them: made after, they would run on the
-    # engine's shared onnxruntime pool, whose idle threads spin after every 32 ms window.
-    vads = SileroVad.for_streams(spec.streams)
+    threads = Threads(spec.threads)  # the VADs before the engine, as `edge-asr stream` makes them
+    vads = SileroVad.for_streams(spec.streams, threads=threads)
     audio, references = zip(*rotated_streams(spec.clips, spec.streams, np.random.default_rng(0)), strict=True)
-    transcriber, options = edge_asr_transcriber(spec)
+    transcriber, options = edge_asr_transcriber(spec, threads)
     return Subject(partial(transcriber.transcribe, load_audio(spec.clips[0].path), options),
                    partial(stream_pass, transcriber, options, vads, list(audio)), transcriber.engine,
                    [f"stream-{i}" for i in range(spec.streams)], [len(a) / SAMPLE_RATE for a in audio], list(references))

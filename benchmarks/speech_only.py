@@ -102,9 +102,10 @@ def modes(variants: list[str]) -> dict[str, tuple]:
     return chosen
 
 
-def judge(path: Path, sets: dict[str, list[Clip]], threads: int, variants: list[str] = (), vad=None
+def judge(path: Path, sets: dict[str, list[Clip]], threads, variants: list[str] = (), vad=None
           ) -> dict[str, dict[str, dict]]:
-    """{mode: {set: figures}} for one bundle; ``vad`` a SileroVad made before the first engine (see Transcriber)."""
+    """{mode: {set: figures}} for one bundle; ``threads`` (runtime.threads.Threads) made ``vad``, a SileroVad,
+    before any engine."""
     from edge_asr.runtime.engines.timed import TimedEngine
     from edge_asr.runtime.mel import FRAMES_PER_SECOND
     from edge_asr.runtime.transcriber import Transcriber
@@ -176,9 +177,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = {}
     from edge_asr.runtime.streaming.vad import SileroVad
+    from edge_asr.runtime.threads import Threads
 
     try:
-        vad = SileroVad()  # before any engine: one for every bundle
+        threads = Threads(args.threads)
+        vad = SileroVad(threads=threads)  # before any engine: one for every bundle
         with tempfile.TemporaryDirectory(prefix="edge-asr-speech-only-") as work:
             sets = (recording_sets if args.sets == "judge" else tune_sets)(Path(work))
             if args.save_paused:
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
                 name, _, path = spec.partition("=")
                 if not path:
                     parser.error(f"expected NAME=DIR, not {spec!r}")
-                results[name] = judge(Path(path), sets, args.threads, args.vad_variants, vad)
+                results[name] = judge(Path(path), sets, threads, args.vad_variants, vad)
     except EdgeAsrError as err:
         print(f"speech_only: {err}", file=sys.stderr)
         return 1

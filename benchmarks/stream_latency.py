@@ -32,6 +32,7 @@ from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 from edge_asr.runtime.streaming.vad import SileroVad
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.transcriber import Transcriber
 
 
@@ -108,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     clips, rng = developer_clips(), np.random.default_rng(0)
     audio = speech_stream(clips, rng)
-    # Before the engine, as `edge-asr stream` makes it: so the VAD gets a thread of its own. Made after,
-    # it runs on the engine's shared onnxruntime pool, whose idle thread spins after every 32 ms window.
-    vad = SileroVad()
-    transcriber = Transcriber(args.bundle, threads=args.threads)
+    threads = Threads(args.threads)
+    vad = SileroVad(threads=threads)  # before the engine, as `edge-asr stream` makes it (runtime/threads.py)
+    transcriber = Transcriber(args.bundle, threads=threads)
     transcriber.transcribe(clips[0].path)  # warm-up: the first utterance should not pay for the engine's first run
     contexts = ("full", "utterance") if args.compare_context else (options.encoder_context,)
     references = [clip.reference for clip in clips]

@@ -24,6 +24,7 @@ from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 from edge_asr.runtime.streaming.segmenter import VadOptions
 from edge_asr.runtime.streaming.vad import SileroVad
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.transcriber import Transcriber
 from edge_asr.runtime.windows import STOCK_MIN_CONTEXT_S
 
@@ -48,9 +49,8 @@ def stream_text(recognizer: StreamRecognizer, audio) -> str:
     return " ".join(e.text for e in events if e.type == "final" and e.text)
 
 
-def stream_clips(transcriber: Transcriber, clips: list[Clip], options: StreamOptions) -> StreamRun:
+def stream_clips(transcriber: Transcriber, vad: SileroVad, clips: list[Clip], options: StreamOptions) -> StreamRun:
     engine = TimedEngine(transcriber.engine)
-    vad = SileroVad()
     texts, started = [], time.perf_counter()
     for clip in clips:
         vad.reset()
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     clips = developer_clips()
-    transcriber = Transcriber(args.bundle, threads=args.threads)
+    threads = Threads(args.threads)
+    vad = SileroVad(threads=threads)  # before the engine (runtime/threads.py)
+    transcriber = Transcriber(args.bundle, threads=threads)
     references = [c.reference for c in clips]
     offline = [transcriber.transcribe(c.path).text for c in clips]
     report = {"clips": len(clips), "offline_wer": corpus_wer(list(zip(references, offline, strict=True)))}
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for context in ("full", "utterance"):
         vad = VadOptions(pad_before_ms=args.pad_before_ms, pad_after_ms=args.pad_after_ms)
         options = StreamOptions(vad, partial_interval_s=0, encoder_context=context, min_context_s=args.min_context)
-        run = stream_clips(transcriber, clips, options)
+        run = stream_clips(transcriber, vad, clips, options)
         wer = corpus_wer(list(zip(references, run.texts, strict=True)))
         report[context] = {"wer": wer, "encoder_calls": run.encoder_calls, "encoder_frames": run.encoder_frames,
                            "encoder_seconds": run.encoder_seconds, "seconds": run.seconds}

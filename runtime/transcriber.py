@@ -1,7 +1,6 @@
 """The Python API: a loaded bundle that turns audio into a Transcript."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,25 +17,24 @@ from edge_asr.runtime.mel import LogMelFrontend
 from edge_asr.runtime.recording_mel import RecordingMel
 from edge_asr.runtime.speech_windows import OFFLINE_VAD, SpeechMap, find_speech
 from edge_asr.runtime.streaming.segmenter import VadOptions
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 from edge_asr.runtime.transcript import Transcript, WindowResult
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Transcriber:
     """Engine, tokenizer and Mel frontend of one bundle, loaded once and used for many files."""
 
-    def __init__(self, bundle: Bundle | Path | str, threads: int | None = None, vad=None):
-        """``vad``: a streaming.vad.SileroVad for speech-only transcription, made before this (its first engine of
-        the process): it then runs on a thread of its own, 0.12 ms a 32 ms window here against 0.30 ms on the
-        engine's pool. Without one, speech() makes one on first use."""
+    def __init__(self, bundle: Bundle | Path | str, threads: int | Threads | None = None, vad=None):
+        """``threads``: the entry point's Threads (runtime/threads.py) or a number (None: every core). ``vad``: a
+        streaming.vad.SileroVad for speech-only transcription, made before this with the same Threads: it then
+        runs on a thread of its own, 0.12 ms a 32 ms window here against 0.30 ms on the engine's pool. Without
+        one, speech() makes one on first use, on the engine's pool."""
         self._vad = vad
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         dims = self.bundle.dims
-        self.engine = load_engine(self.bundle, threads or default_threads())
+        self.threads = Threads.of(threads)
+        self.engine = load_engine(self.bundle, self.threads)
         self.tokenizer = WhisperTokenizer.from_file(self.bundle.file("tokenizer"), dims.multilingual, dims.num_languages)
         self.frontend = LogMelFrontend(dims.n_mels)
 

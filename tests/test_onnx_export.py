@@ -17,7 +17,7 @@ from edge_asr.compile.quantize import quantize_int8
 from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
 from edge_asr.runtime.audio import load_audio
 from edge_asr.runtime.dims import ModelDims
-from edge_asr.runtime.engines import ort as ort_engine
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend
 
 SMALL = ModelDims(
@@ -42,7 +42,7 @@ class Exported:
 
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    if ort_engine._pool_threads is not None:  # an engine made earlier in this process owns the shared pool
+    if Threads.pool_size() is not None:  # an engine made earlier in this process owns the shared pool
         options.use_per_session_threads = False
     else:
         options.intra_op_num_threads = 2

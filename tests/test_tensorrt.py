@@ -49,7 +49,7 @@ from edge_asr.runtime.decoding.decode import decode_window
 from edge_asr.runtime.decoding.options import DecodingOptions
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines import load_engine
-from edge_asr.runtime.engines.ort import helper_session_options
+from edge_asr.runtime.threads import Threads
 from edge_asr.runtime.engines.tensorrt import check_engine_platform, load_backend, tensorrt_platform
 from edge_asr.runtime.errors import BundleError, EdgeAsrError
 from edge_asr.runtime.mel import N_SAMPLES, LogMelFrontend
@@ -80,7 +80,7 @@ def spelt_out(tiny_fp32_bundle, tmp_path_factory) -> dict[str, Path]:
 
 
 def _session(path: Path, optimise: bool = True) -> "ort.InferenceSession":
-    options = helper_session_options()
+    options = Threads().helper_options()
     if not optimise:  # onnxruntime would fuse a spelt-out LayerNormalization back into one node
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -467,7 +467,7 @@ class _StandInTensorRT:
 
 class _StandInPlan:
     def __init__(self, gpu: _StandInGpu, plan: bytes):
-        self.session = ort.InferenceSession(plan, helper_session_options(), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(plan, Threads().helper_options(), providers=["CPUExecutionProvider"])
         self.gpu, self.modes, self.dtypes = gpu, {}, {}
         for value in self.session.get_inputs():
             self.modes[value.name] = "input"

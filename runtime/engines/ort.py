@@ -22,38 +22,8 @@ import onnxruntime as ort
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.engines.base import check_decoder_inputs
 from edge_asr.runtime.engines.stacked import HostPool, StackedAudioContext, StackedKVCache
-from edge_asr.runtime.errors import BundleError, EdgeAsrError
-
-_pool_threads: int | None = None
-
-
-def _shared_thread_pool(threads: int) -> None:
-    """One intra-op pool for every session in the process: separate pools doubled decoder time.
-
-    onnxruntime fixes the pool size when the first session is made, so later engines share it: one that asks
-    for another size is refused (before, it silently got the first one's).
-    """
-    global _pool_threads
-    if _pool_threads is None:
-        ort.set_global_thread_pool_sizes(threads, 1)
-        _pool_threads = threads
-    elif threads != _pool_threads:
-        raise EdgeAsrError(f"this process's onnxruntime engines share one thread pool, which its first engine "
-                           f"sized at {_pool_threads}; an engine asking for {threads} threads cannot be made: give "
-                           "every engine the same number, or run it in another process.")
-
-
-def helper_session_options() -> ort.SessionOptions:
-    """Options for a small helper model such as the VAD: once an engine has made the shared pool,
-    onnxruntime refuses sessions with threads of their own; before, one thread of its own does."""
-    options = ort.SessionOptions()
-    if _pool_threads is not None:
-        options.use_per_session_threads = False
-    else:
-        options.intra_op_num_threads = 1  # a 32 ms VAD window is too small to split across threads
-        options.inter_op_num_threads = 1
-    return options
-
+from edge_asr.runtime.errors import BundleError
+from edge_asr.runtime.threads import Threads
 
 def _layer_values(name: str, stacked: np.ndarray) -> dict[str, ort.OrtValue]:
     """One OrtValue per layer, each a view of ``stacked[layer]`` (onnxruntime shares CPU numpy memory).
@@ -80,13 +50,12 @@ class OrtKVCache(StackedKVCache):
 
 
 class OrtEngine:
-    def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: int,
+    def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: Threads,
                  alignment: Callable[[], Path] | None = None):
-        """``alignment``: gives the alignment graph's path (checked) when word timestamps first need it."""
-        _shared_thread_pool(threads)
+        """``threads``: the entry point's (runtime/threads.py), whose helpers are made by now. ``alignment``: gives
+        the alignment graph's path (checked) when word timestamps first need it."""
         self._alignment_file, self._aligner = alignment, None
-        options = self._options = ort.SessionOptions()
-        options.use_per_session_threads = False
+        options = self._options = threads.engine_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Memory patterns plan one block per input shape; decoding sees many shapes (prompt, steps,
         # beams), and with patterns on the peak RSS of a transcription was 390 MB instead of 287 MB,

@@ -8,8 +8,7 @@ StreamRecognizer each. A turn gives a stream at most `turn_s` of its queued audi
 oldest queued audio has waited longer than `shed_after_s` gets no partial on that turn: partials are
 previews, finals are the work that must not fall behind.
 
-The VADs are made when the scheduler is, before the engine: onnxruntime sessions made after the
-engine's shared thread pool would run on it, and its idle threads spin after every 32 ms window.
+The VADs are made when the scheduler is, with the engine's Threads and before the engine (runtime/threads.py).
 """
 from __future__ import annotations
 
@@ -31,6 +30,7 @@ from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
+from edge_asr.runtime.threads import Threads
 
 
 class CapacityError(EdgeAsrError):
@@ -320,7 +320,7 @@ def _deliver(callback, *args) -> None:
 
 
 def build_scheduler(bundle: Path, decoding: TranscribeOptions, options: SchedulerOptions, streaming: StreamOptions,
-                    threads: int | None = None, vad_model: Path | None = None) -> StreamScheduler:
+                    threads: int | Threads | None = None, vad_model: Path | None = None) -> StreamScheduler:
     """The scheduler `edge-asr serve` runs: ``decoding`` with the bundle's model facts filled in, ``streaming``
     (StreamOptions) for every stream, and one VAD session for every slot."""
     from edge_asr.runtime.bundle import load_bundle
@@ -328,7 +328,8 @@ def build_scheduler(bundle: Path, decoding: TranscribeOptions, options: Schedule
     from edge_asr.runtime.transcriber import Transcriber
 
     bundle = load_bundle(Path(bundle))
-    vads = SileroVad.for_streams(options.max_streams, vad_model)  # before the engine: see above
+    threads = Threads.of(threads)
+    vads = SileroVad.for_streams(options.max_streams, vad_model, threads)  # before the engine: see above
     transcriber = Transcriber(bundle, threads=threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
     decoding = transcriber.with_model_facts(decoding).validate()

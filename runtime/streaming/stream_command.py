@@ -13,6 +13,7 @@ from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognize
 from edge_asr.runtime.streaming.microphone import MicSource, check_microphone
 from edge_asr.runtime.streaming.sources import AudioSource, FileSource, StdinSource
 from edge_asr.runtime.streaming.vad import SileroVad
+from edge_asr.runtime.threads import Threads
 
 
 def open_source(args) -> AudioSource:
@@ -32,15 +33,16 @@ def stream_options(args) -> StreamOptions:
 def stream(bundle: Path, args) -> int:
     """`edge-asr stream`: its flags made into options and a source, then run."""
     options = stream_options(args).validate()  # a bad option is refused before anything loads
-    vad = SileroVad(args.vad_model)  # before the engine: see SileroVad
+    threads = Threads(args.threads)
+    vad = SileroVad(args.vad_model, threads=threads)  # before the engine: see runtime/threads.py
     source = open_source(args)
     decoding = decoding_options(args, word_timestamps=args.word_timestamps)
-    recognizer = new_recognizer(bundle, decoding, options, vad, args.threads)
+    recognizer = new_recognizer(bundle, decoding, options, vad, threads)
     return run(source, recognizer, SINKS[args.format](sys.stdout))
 
 
 def new_recognizer(bundle: Path, decoding: TranscribeOptions, options: StreamOptions, vad: SileroVad,
-                   threads: int | None = None) -> StreamRecognizer:
+                   threads: int | Threads | None = None) -> StreamRecognizer:
     """A recognizer on the bundle's engine, the bundle's model facts filled into ``decoding``."""
     from edge_asr.runtime.transcriber import Transcriber
 

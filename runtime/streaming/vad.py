@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.errors import ModelSourceError
+from edge_asr.runtime.threads import Threads
 
 if TYPE_CHECKING:  # onnxruntime loads with the first detector, not with this module (its constants are read by
     import onnxruntime as ort  # the segmenter, which `transcribe --help` builds its flags from)
@@ -45,22 +46,23 @@ def locate_vad_model(explicit: str | os.PathLike | None = None) -> Path:
 class SileroVad:
     """One audio stream's voice activity detector; it keeps the model's recurrent state between calls.
 
-    Make it before the first engine of the process: it then gets one thread of its own. Made after,
-    onnxruntime puts it on the engine's shared pool, whose idle threads spin after every 32 ms call,
-    and silence costs a whole core (4 % of one core otherwise; benchmarks/stream_latency.py).
-    A server's streams share one session (``for_streams``): a session costs 10 MB, a stream's state 1 KB.
+    Make it with the entry point's Threads before the engine (runtime/threads.py): it then gets one thread of
+    its own (4 % of one core on silence). A server's streams share one session (``for_streams``): a session
+    costs 10 MB, a stream's state 1 KB.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, session: ort.InferenceSession | None = None):
-        self.session = session or _load(locate_vad_model(model))
+    def __init__(self, model: str | os.PathLike | None = None, session: ort.InferenceSession | None = None,
+                 threads: Threads | None = None):
+        self.session = session or _load(locate_vad_model(model), threads or Threads())
         self._input = np.zeros((1, CONTEXT_SAMPLES + WINDOW_SAMPLES), np.float32)
         self._sample_rate = np.array(SAMPLE_RATE, np.int64)
         self.reset()
 
     @classmethod
-    def for_streams(cls, count: int, model: str | os.PathLike | None = None) -> list["SileroVad"]:
+    def for_streams(cls, count: int, model: str | os.PathLike | None = None,
+                    threads: Threads | None = None) -> list["SileroVad"]:
         """Detectors for ``count`` streams on one session (onnxruntime runs a session from many threads)."""
-        first = cls(model)
+        first = cls(model, threads=threads)
         return [first] + [cls(session=first.session) for _ in range(count - 1)]
 
     def reset(self) -> None:
@@ -80,13 +82,12 @@ class SileroVad:
         return float(probability[0, 0])
 
 
-def _load(path: Path) -> ort.InferenceSession:
+def _load(path: Path, threads: Threads) -> ort.InferenceSession:
     import onnxruntime as ort
 
-    from edge_asr.runtime.engines.ort import helper_session_options
-
+    options = threads.helper_options()
     try:
-        return ort.InferenceSession(str(path), helper_session_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for a file that is not a model
         if "alloc" in str(err).lower():  # std::bad_alloc, "Failed to allocate": the file may be fine
             raise ModelSourceError(f"Cannot load the VAD model '{path}': out of memory.") from err
