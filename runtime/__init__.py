@@ -23,6 +23,7 @@ _PUBLIC = {
     "StreamEvent": "streaming.events",
     "VadOptions": "streaming.segmenter",
     "SileroVad": "streaming.vad",
+    "Threads": "threads",
     "EdgeAsrError": "errors",
 }
 __all__ = sorted(_PUBLIC)
