@@ -139,11 +139,11 @@ def run_distill(args) -> int:
         evaluations["teacher_padded"] = evaluator.evaluate(teacher, WindowPolicy())
         _print_evaluation(f"teacher {checkpoint.name}, 30 s windows", evaluations["teacher_padded"])
     started = time.monotonic()
-    history = _train(args, student, examples, evaluator, window, args.encoder_weight)
+    history, last = _train(args, student, examples, evaluator, window, args.encoder_weight)
     minutes = (time.monotonic() - started) / 60
     path = save_openai_checkpoint(student, args.output / STUDENT_FILE, window)
     if evaluator is not None:
-        evaluations["student_audio_length"] = evaluator.evaluate(student, window)
+        evaluations["student_audio_length"] = last or evaluator.evaluate(student, window)
     if frozen == "decoder" and args.teacher in ZOO:  # the student is the zoo model plus its encoder
         from edge_asr.models.student_delta import save_delta
 
@@ -172,9 +172,9 @@ def run_finetune(args) -> int:
     if evaluator is not None:
         evaluations["before"] = evaluator.evaluate(adapter.model, WindowPolicy())
         _print_evaluation(f"{base.name} before fine-tuning, 30 s windows", evaluations["before"])
-    history = _train(args, adapter.model, examples, evaluator, window or WindowPolicy(), 0.0)
+    history, last = _train(args, adapter.model, examples, evaluator, window or WindowPolicy(), 0.0)
     if evaluator is not None:
-        evaluations["after"] = evaluator.evaluate(adapter.model, window or WindowPolicy())
+        evaluations["after"] = last or evaluator.evaluate(adapter.model, window or WindowPolicy())
     path = adapter.save(args.output / ADAPTER_DIR, base, window)
     _report(args, history, evaluations, path)
     return 0
@@ -220,6 +220,8 @@ def _data(args, checkpoint, teacher, teacher_labels: bool):
 
 
 def _train(args, model, examples, evaluator, window, encoder_weight: float):
+    """The training run's history, and the evaluation after its last step (None when this run did not make one:
+    no evaluator, or a finished run resumed)."""
     from edge_asr.models.distill_loss import TemperatureSchedule
     from edge_asr.models.distill_train import TrainSettings, train
 
@@ -231,12 +233,15 @@ def _train(args, model, examples, evaluator, window, encoder_weight: float):
         evaluate_every=args.eval_every, warmup_steps=min(50, args.steps // 10), checkpoint_every=args.checkpoint_every,
     )
 
+    last = {}  # the final step's evaluation, which the run's report reuses rather than evaluating again
+
     def evaluate(model, step):
-        results = evaluator.evaluate(model, window)
+        results = last[step] = evaluator.evaluate(model, window)
         return {f"{name}_{figure}": value for name, result in results.items() for figure, value in result.figures().items()}
 
-    return train(model, examples, settings, args.output, evaluate=None if evaluator is None else evaluate,
-                 log=lambda line: print(line, flush=True))
+    history = train(model, examples, settings, args.output, evaluate=None if evaluator is None else evaluate,
+                    log=lambda line: print(line, flush=True))
+    return history, last.get(args.steps)
 
 
 def _card(args, examples, minutes: float, evaluations: dict) -> str:
