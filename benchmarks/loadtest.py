@@ -65,34 +65,91 @@ class LoadtestError(EdgeAsrError):
     pass
 
 
-def run(args) -> int:
+@dataclass(frozen=True)
+class ServerPlan:
+    """The `edge-asr serve` a load test starts (its model options), or None fields for a server at --url."""
+
+    bundle: str | None = None
+    model: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    workers: int | None = None
+    beam: int | None = None
+    language: str | None = None
+    task: str | None = None
+
+    def options(self) -> list[str]:
+        """The server's command-line options."""
+        pairs = (("--bundle", self.bundle), ("--model", self.model), ("--precision", self.precision),
+                 ("--threads", self.threads), ("--beam", self.beam), ("--language", self.language),
+                 ("--task", self.task), ("--workers", self.workers))
+        return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
+
+
+@dataclass(frozen=True)
+class LoadtestPlan:
+    """One load test: the clips, the server (``url``, or one started here as ``server`` says), and the trials."""
+
+    clips: list[Clip]
+    clip_set: str
+    url: str | None
+    token: str | None
+    server: ServerPlan
+    streams: int = 1
+    find_max: bool = False
+    max_streams_to_try: int = 32
+    max_p90_s: float = 1.0
+    seconds: float | None = None
+    chunk_ms: int = 32
+
+    def validate(self) -> "LoadtestPlan":
+        _require_scoring(self.clips)
+        if self.seconds is not None and self.seconds <= 0:
+            raise LoadtestError(f"--seconds must be above 0, got {self.seconds}.")
+        return self
+
+
+def plan_from_args(args) -> LoadtestPlan:
+    """The command line's plan (its flags are loadtest_command.py's)."""
+    server = ServerPlan(str(args.bundle) if args.bundle else None, args.model, args.precision, args.threads,
+                        args.workers, args.beam, args.language, args.task)
     clips = folder_clips(args.input, args.references) if args.input else developer_clips()
-    _require_scoring(clips)
+    return LoadtestPlan(clips, str(args.input) if args.input else "developer", args.url, args.token, server,
+                        args.streams, args.find_max, args.max_streams_to_try, args.max_p90, args.seconds,
+                        args.chunk_ms).validate()
+
+
+def run(args) -> int:
+    """`edge-asr loadtest`: its flags made into a plan, run, and reported."""
     if importlib.util.find_spec("websockets") is None:
         raise LoadtestError("the load test needs websockets: pip install 'edge-asr[serve]'.")
-    if args.seconds is not None and args.seconds <= 0:
-        raise LoadtestError(f"--seconds must be above 0, got {args.seconds}.")
-    most = args.max_streams_to_try if args.find_max else args.streams
-    with _server(args, most) as url:
-        # A fresh server's first calls pay for loading kernels (and, on a GPU, recording graphs): not a load.
-        print(f"loadtest: warming the server up with one stream of {WARM_UP_S:g} s (not measured)", file=sys.stderr)
-        play_trial(url, args.token, stream_plan(clips, 1, WARM_UP_S), args.chunk_ms * SAMPLE_RATE // 1000)
-
-        def measure(count: int) -> dict:
-            before, started = scrape_engine(url, args.token), time.monotonic()
-            streams = play_trial(url, args.token, stream_plan(clips, count, args.seconds),
-                                 args.chunk_ms * SAMPLE_RATE // 1000)
-            trial = trial_figures(streams, args.max_p90)
-            trial["engine"] = engine_split(before, scrape_engine(url, args.token), time.monotonic() - started)
-            print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
-            return trial
-
-        trials, found = find_max(measure, most) if args.find_max else ([measure(args.streams)], None)
-    doc = document(args, url, clips, trials, found)
+    plan = plan_from_args(args)
+    doc = loadtest(plan)
     print(markdown(doc))
     if args.json:
         write_json(doc, args.json)
     return 0
+
+
+def loadtest(plan: LoadtestPlan) -> dict:
+    """The load test's document (SCHEMA): its settings, every trial's figures, and the largest passing N."""
+    most = plan.max_streams_to_try if plan.find_max else plan.streams
+    chunk = plan.chunk_ms * SAMPLE_RATE // 1000
+    with _server(plan, most) as url:
+        # A fresh server's first calls pay for loading kernels (and, on a GPU, recording graphs): not a load.
+        print(f"loadtest: warming the server up with one stream of {WARM_UP_S:g} s (not measured)", file=sys.stderr)
+        play_trial(url, plan.token, stream_plan(plan.clips, 1, WARM_UP_S), chunk)
+
+        def measure(count: int) -> dict:
+            before, started = scrape_engine(url, plan.token), time.monotonic()
+            streams = play_trial(url, plan.token, stream_plan(plan.clips, count, plan.seconds), chunk)
+            trial = trial_figures(streams, plan.max_p90_s)
+            trial["engine"] = engine_split(before, scrape_engine(url, plan.token), time.monotonic() - started)
+            print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
+            return trial
+
+        trials, found = find_max(measure, most) if plan.find_max else ([measure(plan.streams)], None)
+    return document(plan, url, trials, found)
 
 
 # --- the streams ---------------------------------------------------------------------------------------
@@ -327,21 +384,22 @@ def find_max(measure: Callable[[int], dict], limit: int) -> tuple[list[dict], in
 # --- the server ----------------------------------------------------------------------------------------
 
 @contextmanager
-def _server(args, max_streams: int) -> Iterator[str]:
+def _server(plan: LoadtestPlan, max_streams: int) -> Iterator[str]:
     """The URL to test: --url, or an `edge-asr serve` started here and stopped with SIGTERM on the way out."""
-    if args.url:
-        ignored = [flag for flag, value in (("--bundle", args.bundle), ("--model", args.model),
-                                            ("--threads", args.threads), ("--workers", args.workers)) if value]
+    if plan.url:
+        server = plan.server
+        ignored = [flag for flag, value in (("--bundle", server.bundle), ("--model", server.model),
+                                            ("--threads", server.threads), ("--workers", server.workers)) if value]
         if ignored:
-            print(f"loadtest: {', '.join(ignored)} ignored: the server at {args.url} is already running.",
+            print(f"loadtest: {', '.join(ignored)} ignored: the server at {plan.url} is already running.",
                   file=sys.stderr)
-        yield args.url
+        yield plan.url
         return
-    command = [sys.executable, "-m", "edge_asr.runtime.cli", "serve", *_model_options(args), "--host", "127.0.0.1",
-               "--port", "0", "--max-streams", str(max_streams), *(["--workers", str(args.workers)] if args.workers else [])]
+    command = [sys.executable, "-m", "edge_asr.runtime.cli", "serve", *plan.server.options(), "--host", "127.0.0.1",
+               "--port", "0", "--max-streams", str(max_streams)]
     print("loadtest: starting edge-asr serve (the first use of a --model compiles it)", file=sys.stderr, flush=True)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, **({"EDGE_ASR_TOKEN": args.token} if args.token else {})})
+                             text=True, env={**os.environ, **({"EDGE_ASR_TOKEN": plan.token} if plan.token else {})})
     log = _ServerLog(child)
     try:
         yield log.wait_ready()
@@ -352,13 +410,6 @@ def _server(args, max_streams: int) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-
-
-def _model_options(args) -> list[str]:
-    """The model options of `_add_model_arguments`, passed on to the server this run starts."""
-    pairs = (("--bundle", args.bundle), ("--model", args.model), ("--precision", args.precision),
-             ("--threads", args.threads), ("--beam", args.beam), ("--language", args.language), ("--task", args.task))
-    return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
 
 
 class _ServerLog:
@@ -394,26 +445,27 @@ class _ServerLog:
 
 # --- the report ----------------------------------------------------------------------------------------
 
-def document(args, url: str, clips: list[Clip], trials: list[dict], found: int | None) -> dict:
+def document(plan: LoadtestPlan, url: str, trials: list[dict], found: int | None) -> dict:
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_record(),
-        "settings": {"url": url, "server": "external" if args.url else "child",
-                     **_server_settings(args),
-                     "clip_set": str(args.input) if args.input else "developer", "clips": len(clips),
-                     "seconds": args.seconds, "chunk_ms": args.chunk_ms, "stagger_s": STAGGER_S,
-                     "max_p90_s": args.max_p90, "close_within_s": CLOSE_WITHIN_S, "client_lag_limit_s": KEPT_UP_LAG_S},
+        "settings": {"url": url, "server": "external" if plan.url else "child",
+                     **_server_settings(plan),
+                     "clip_set": plan.clip_set, "clips": len(plan.clips),
+                     "seconds": plan.seconds, "chunk_ms": plan.chunk_ms, "stagger_s": STAGGER_S,
+                     "max_p90_s": plan.max_p90_s, "close_within_s": CLOSE_WITHIN_S, "client_lag_limit_s": KEPT_UP_LAG_S},
         "trials": trials,
-        "find_max": {"streams": found, "max_streams_to_try": args.max_streams_to_try} if found is not None else None,
+        "find_max": {"streams": found, "max_streams_to_try": plan.max_streams_to_try} if found is not None else None,
     }
 
 
-def _server_settings(args) -> dict:
+def _server_settings(plan: LoadtestPlan) -> dict:
     """The options the server was started with; unknown (None) for a server at --url, which ignored them."""
-    settings = {"workers": args.workers, "bundle": str(args.bundle) if args.bundle else None, "model": args.model,
-                "precision": args.precision, "threads": args.threads}
-    return dict.fromkeys(settings) if args.url else settings
+    server = plan.server
+    settings = {"workers": server.workers, "bundle": server.bundle, "model": server.model,
+                "precision": server.precision, "threads": server.threads}
+    return dict.fromkeys(settings) if plan.url else settings
 
 
 def _trial_line(trial: dict) -> str:
