@@ -434,5 +434,6 @@ def test_train_commands_parse_several_corpora_and_default_to_the_measured_recipe
     distill = parser.parse_args(["distill", "--corpus", "general", "-o", "run"])
     assert (distill.steps, distill.lr, distill.freeze, distill.margin) == (600, 1e-5, None, 1.0)
     assert (distill.alpha, distill.encoder_weight, distill.eval_corpus, distill.silence_logprob) == (0.0, 1.0, [], -0.8)
+    assert not distill.tail  # the silence tail is opt-in: the tune corpus did not choose it
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--corpus", "general", "-o", "run", "--freeze", "both"])
