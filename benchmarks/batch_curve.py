@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_asr.benchmarks.loadtest import SCHEMA as LOADTEST_SCHEMA
 from edge_asr.benchmarks.machine import machine_record
-from edge_asr.benchmarks.report import _num, write_json
+from edge_asr.benchmarks.report import format_number, write_json
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
@@ -123,7 +123,7 @@ def markdown(doc: dict) -> str:
     bound = doc.get("serving_bound")
     if bound:
         savings = ", ".join(f"{b} rows: {100 * v:.0f} %" for b, v in bound["saving_at"].items())
-        share, rows = _num(bound["step_share"], ".0f", 100.0), _num(bound["rows_per_step"], ".2f")
+        share, rows = format_number(bound["step_share"], ".0f", 100.0), format_number(bound["rows_per_step"], ".2f")
         lines += ["", f"Load test at {bound['streams']} streams: steps were {share} % of the engine time, at {rows} "
                       "rows a step. Had every step carried "
                       f"B rows, the engine time would have shrunk by at most: {savings}."]

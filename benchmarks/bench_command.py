@@ -90,7 +90,7 @@ def run(bundle: Path, args) -> int:
         _checked(choose, args.power)  # a misspelt source is refused now, not in the child
     baseline = load_result(args.baseline) if args.baseline else None  # refused before a long run, not after
     clips = folder_clips(args.clips, args.references) if args.clips else developer_clips()
-    _require_scoring(clips)
+    require_scoring(clips)
     manifest = load_bundle(Path(bundle)).manifest
     threads = args.threads or default_threads()
     if args.vad and args.mode != "offline":
@@ -130,7 +130,7 @@ def _checked(parse, text: str):
         raise BenchError(str(err)) from None
 
 
-def _require_scoring(clips) -> None:
+def require_scoring(clips) -> None:
     missing = [m for m in ("jiwer", "whisper_normalizer") if importlib.util.find_spec(m) is None]
     if missing and any(c.reference for c in clips):
         raise BenchError(f"scoring WER needs {', '.join(missing)}: pip install 'edge-asr[bench]'.")

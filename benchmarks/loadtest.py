@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_asr.benchmarks.bench_command import _require_scoring
+from edge_asr.benchmarks.bench_command import require_scoring
 from edge_asr.models.clips import Clip, developer_clips, folder_clips
 from edge_asr.benchmarks.engine_split import engine_split, scrape_engine
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
 from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
-from edge_asr.benchmarks.report import LATENCY_COLUMNS, MISSING, Column, _num, _table, latency_figures, write_json
+from edge_asr.benchmarks.report import (LATENCY_COLUMNS, MISSING, Column, format_number, latency_figures, markdown_table,
+                                        write_json)
 from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.engines.timed import ENGINE_OPS
@@ -103,7 +104,7 @@ class LoadtestPlan:
     chunk_ms: int = 32
 
     def validate(self) -> "LoadtestPlan":
-        _require_scoring(self.clips)
+        require_scoring(self.clips)
         if self.seconds is not None and self.seconds <= 0:
             raise LoadtestError(f"--seconds must be above 0, got {self.seconds}.")
         return self
@@ -475,7 +476,7 @@ def _trial_line(trial: dict) -> str:
 
 
 def _ms(seconds: float | None) -> str:
-    return _num(seconds, ".0f", 1000.0)
+    return format_number(seconds, ".0f", 1000.0)
 
 
 def _engine(trial: dict, show: Callable[[dict], str]) -> str:
@@ -487,25 +488,26 @@ TRIAL_COLUMNS: list[Column] = [
     ("streams", lambda t: str(t["streams"])), ("kept up", lambda t: f"{t['kept_up']}/{t['streams']}"),
     ("client behind", lambda t: str(t["client_behind"])), ("finals", lambda t: str(t["finals"])),
     *LATENCY_COLUMNS, ("worst stream p90 ms", lambda t: _ms(t["worst_stream_p90_s"])),
-    ("Jain", lambda t: _num(t["jain_mean_latency"], ".3f")),
-    ("p90 max/min", lambda t: _num(t["p90_max_over_min"], ".2f")),
-    ("WER %", lambda t: _num(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
+    ("Jain", lambda t: format_number(t["jain_mean_latency"], ".3f")),
+    ("p90 max/min", lambda t: format_number(t["p90_max_over_min"], ".2f")),
+    ("WER %", lambda t: format_number(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
     ("errors", lambda t: str(t["errors"])),
     # From the server's /metrics: how busy its engine was, the steps' share of that, the rows a step carried.
-    ("engine busy %", lambda t: _engine(t, lambda e: _num(e["busy"], ".0f", 100.0))),
-    ("encode/prompt/step %", lambda t: _engine(t, lambda e: "/".join(_num(e["share"][op], ".0f", 100.0)
+    ("engine busy %", lambda t: _engine(t, lambda e: format_number(e["busy"], ".0f", 100.0))),
+    ("encode/prompt/step %", lambda t: _engine(t, lambda e: "/".join(format_number(e["share"][op], ".0f", 100.0)
                                                                  for op in ENGINE_OPS))),
-    ("rows a step", lambda t: _engine(t, lambda e: _num(e["rows_per_step"], ".2f"))),
-    ("windows an encode", lambda t: _engine(t, lambda e: _num(e.get("rows_per_encode"), ".2f"))),
-    ("ms a step row", lambda t: _engine(t, lambda e: _num(e["ms_per_step_row"], ".2f"))),
+    ("rows a step", lambda t: _engine(t, lambda e: format_number(e["rows_per_step"], ".2f"))),
+    ("windows an encode", lambda t: _engine(t, lambda e: format_number(e.get("rows_per_encode"), ".2f"))),
+    ("ms a step row", lambda t: _engine(t, lambda e: format_number(e["ms_per_step_row"], ".2f"))),
     ("passes", lambda t: "yes" if t["passes"] else "no"),
 ]
 
 
 STREAM_COLUMNS: list[Column] = [
-    ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: _num(r["audio_s"], ".1f")),
+    ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: format_number(r["audio_s"], ".1f")),
     ("finals", lambda r: str(r["finals"])), *LATENCY_COLUMNS,
-    ("WER %", lambda r: _num(r["wer"], ".2f")), ("closed after s", lambda r: _num(r["closed_after_s"], ".2f")),
+    ("WER %", lambda r: format_number(r["wer"], ".2f")),
+    ("closed after s", lambda r: format_number(r["closed_after_s"], ".2f")),
     ("client lag ms", lambda r: _ms(r["client_lag_s"])), ("kept up", lambda r: "yes" if r["kept_up"] else "no"),
 ]
 
@@ -521,12 +523,12 @@ def markdown(doc: dict) -> str:
         f"{s['stagger_s']:g} s. A run passes with p90 <= {s['max_p90_s']:g} s and every stream kept up: `closed` "
         f"within {s['close_within_s']:g} s of its last audio, and the client never {s['client_lag_limit_s']:g} s "
         "behind (client behind: the client fell behind, not the server).",
-        "\n".join(_table(TRIAL_COLUMNS, trials)),
+        "\n".join(markdown_table(TRIAL_COLUMNS, trials)),
     ]
     if doc["find_max"] is not None:
         blocks.append(_answer(doc["find_max"]["streams"], trials, s["max_p90_s"]))
     else:
-        blocks.append("\n".join(_table(STREAM_COLUMNS, trials[0]["per_stream"])))
+        blocks.append("\n".join(markdown_table(STREAM_COLUMNS, trials[0]["per_stream"])))
     return "\n\n".join(blocks)
 
 

@@ -78,7 +78,7 @@ def markdown(doc: dict) -> str:
     """The document as Markdown blocks: header, the table of runs with its notes, ratios, RTF per clip."""
     runs = doc["runs"]
     notes: dict[str, int] = {}  # footnote text -> number, for power sources that could not be read
-    table, clips = _table(_columns(doc, notes), runs), _clip_table(runs)
+    table, clips = markdown_table(_columns(doc, notes), runs), _clip_table(runs)
     blocks = [
         [f"# edge-asr bench, {doc.get('created', MISSING)}"], [_header(doc)], table,
         [f"[^{n}]: {text}" for text, n in notes.items()], _power_sources(runs),
@@ -92,7 +92,7 @@ def _header(doc: dict, machine_after: str = "; ") -> str:
     s, machine = doc.get("settings") or {}, doc.get("machine") or {}
     where = ", ".join(x for x in (machine.get("cpu_model"), machine.get("board")) if x) or "unknown machine"
     return (f"{s.get('mode', MISSING)} mode, {_count(s.get('clips'), 'clip')} ({s.get('clip_set', MISSING)}), "
-            f"{_num(s.get('audio_s'), '.1f')} s of audio, {_count(s.get('threads'), 'thread')}, "
+            f"{format_number(s.get('audio_s'), '.1f')} s of audio, {_count(s.get('threads'), 'thread')}, "
             f"median of {_count(s.get('repeats'), 'repeat')}, {_count(s.get('streams'), 'stream')}"
             f"{machine_after}{where}")
 
@@ -101,12 +101,12 @@ def _count(n: int | None, noun: str) -> str:
     return f"{MISSING if n is None else n} {noun}{'' if n == 1 else 's'}"
 
 
-def _num(value: float | None, spec: str, scale: float = 1.0) -> str:
+def format_number(value: float | None, spec: str, scale: float = 1.0) -> str:
     return MISSING if value is None else format(value * scale, spec)
 
 
 def _field(key: str, spec: str) -> Callable[[dict], str]:
-    return lambda run: _num(run.get(key), spec)
+    return lambda run: format_number(run.get(key), spec)
 
 
 def _columns(doc: dict, notes: dict[str, int]) -> list[Column]:
@@ -129,7 +129,7 @@ def _columns(doc: dict, notes: dict[str, int]) -> list[Column]:
 
 
 def _latency(key: str) -> Callable[[dict], str]:
-    return lambda run: _num((run.get("latency") or {}).get(key), ".0f", 1000.0)
+    return lambda run: format_number((run.get("latency") or {}).get(key), ".0f", 1000.0)
 
 
 LATENCY_COLUMNS: list[Column] = [(f"{p} ms", _latency(f"{p}_s")) for p in ("p50", "p90", "p99")]
@@ -155,12 +155,12 @@ def _power_columns(source: str, notes: dict[str, int]) -> list[Column]:
     def mean(run: dict) -> str:
         p = _power(run, source) or {}
         if p.get("available", True):
-            return _num(p.get("mean_w"), ".2f")
+            return format_number(p.get("mean_w"), ".2f")
         note = notes.setdefault(f"{source} unavailable: {p['reason']}", len(notes) + 1)
         return f"unavailable[^{note}]"
 
     def reading(key: str, spec: str) -> Callable[[dict], str]:
-        return lambda run: _num((_power(run, source) or {}).get(key), spec)
+        return lambda run: format_number((_power(run, source) or {}).get(key), spec)
 
     return [(f"{source} mean W", mean), (f"{source} peak W", reading("peak_w", ".2f")),
             (f"{source} J/audio s", reading("joules_per_audio_s", ".3f"))]
@@ -172,15 +172,16 @@ def _power_sources(runs: list[dict]) -> list[str]:
     return ["Power: " + "; ".join(f"{s} measures {d}" for s, d in sources.items()) + "."] if sources else []
 
 
-def _table(columns: list[Column], rows: list) -> list[str]:
+def markdown_table(columns: list[Column], rows: list) -> list[str]:
     lines = ["| " + " | ".join(title for title, _ in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     return lines + ["| " + " | ".join(cell(row).replace("|", "\\|") for _, cell in columns) + " |" for row in rows]
 
 
 def _ratio_line(peer: str, ratio: dict) -> str:
-    return (f"edge-asr / {peer}: time {_num(ratio.get('seconds'), '.2f')}×, "
-            f"peak RSS {_num(ratio.get('peak_rss'), '.2f')}×, WER {_num(ratio.get('wer_points'), '+.2f')} points")
+    return (f"edge-asr / {peer}: time {format_number(ratio.get('seconds'), '.2f')}×, "
+            f"peak RSS {format_number(ratio.get('peak_rss'), '.2f')}×, "
+            f"WER {format_number(ratio.get('wer_points'), '+.2f')} points")
 
 
 def _clip_table(runs: list[dict]) -> list[str]:
@@ -189,8 +190,8 @@ def _clip_table(runs: list[dict]) -> list[str]:
         return []
     rtf = [{c["name"]: c.get("rtf") for c in r.get("clips", [])} for r in runs]
     columns: list[Column] = [("clip", lambda name: name)]
-    columns += [(label, lambda name, i=i: _num(rtf[i].get(name), ".4f")) for i, label in enumerate(_labels(runs))]
-    return _table(columns, names)
+    columns += [(label, lambda name, i=i: format_number(rtf[i].get(name), ".4f")) for i, label in enumerate(_labels(runs))]
+    return markdown_table(columns, names)
 
 
 def _labels(runs: list[dict]) -> list[str]:
