@@ -59,7 +59,7 @@ setup(
     package_dir=FOLDERS,
     packages=list(FOLDERS),
     # LoRA adapters trained here (about 1 MB each) and students shipped as encoder deltas (14 MB)
-    package_data={"edge_asr.models": ["adapters/*/*", "students/*/*"]},
+    package_data={"edge_asr.models": ["adapters/*/*"]},
     install_requires=RUNTIME,
     extras_require={"compile": COMPILE + ZOO, "peers": PEERS, "serve": SERVE, "bench": BENCH, "tvm": TVM,
                     "tvm-runtime": TVM_RUNTIME, "tensorrt": TENSORRT, "train": TRAIN, "dev": DEV},

@@ -53,7 +53,7 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
     if tuning is not None:
         tuning.check(target)
     from edge_asr.compile.onnx_export import alignment_heads, export_alignment, export_decoder, export_encoder
-    from edge_asr.models.whisper_torch import TAIL, from_checkpoint
+    from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
 
     out = Path(out)
@@ -66,9 +66,9 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
 
         log(f"merging the LoRA adapter {adapter}")
         checkpoint = apply_adapter(checkpoint, adapter)
-    if TAIL in checkpoint.tensors and backend in ("tvm", "tensorrt"):
-        raise EdgeAsrError(f"{checkpoint.name} has a silence tail (a length-adaptive student), which {backend} "
-                           "bundles cannot run yet: compile it for onnxruntime (--target cpu) or --target cuda.")
+    if checkpoint.window_policy.cached_padding and backend in ("tvm", "tensorrt"):
+        raise EdgeAsrError(f"{checkpoint.name} encodes its audio against a cached padding, which {backend} bundles "
+                           "cannot run yet: compile it for onnxruntime (--target cpu) or --target cuda.")
     try:
         torch_model = from_checkpoint(checkpoint)
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors

@@ -29,26 +29,16 @@ OPSET = 17  # the first opset with a native LayerNormalization op (one node inst
 
 
 class _EncoderGraph(nn.Module):
-    """The encoder followed by every decoder layer's cross-attention key/value projections. A model with a
-    silence tail (WhisperModel.audio_context) gets the tail's keys and values as constants, computed here once:
-    a window then pays for projecting its own frames only."""
+    """The encoder followed by every decoder layer's cross-attention key/value projections (WhisperModel.
+    audio_context). A model with the cached padding holds the padding's keys and values, per encoder layer and
+    for the decoder, as constants of the graph: a window pays for its own frames only."""
 
     def __init__(self, model: WhisperModel):
         super().__init__()
         self.model = model
-        tail = model.encoder.tail
-        with torch.no_grad():
-            tail_k, tail_v = model.decoder.cross_kv(tail[None]) if tail is not None else (None, None)
-        self.register_buffer("tail_k", tail_k)
-        self.register_buffer("tail_v", tail_v)
 
     def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        keys, values = self.model.decoder.cross_kv(self.model.encoder(mel))
-        if self.tail_k is None:
-            return keys, values
-        frames, batch = keys.shape[3], keys.shape[1]
-        return tuple(torch.cat([own, tail[:, :, :, frames:].expand(-1, batch, -1, -1, -1)], dim=3)
-                     for own, tail in ((keys, self.tail_k), (values, self.tail_v)))
+        return self.model.audio_context(self.model.encoder(mel))
 
 
 def export_encoder(model: WhisperModel, path: Path) -> Path:

@@ -11,7 +11,6 @@ from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
 from edge_asr.runtime.windows import WindowPolicy
 
-TAIL = "encoder.tail"  # a student's silence tail [n_audio_ctx, D] (models/whisper_torch.py WhisperModel.audio_context)
 
 
 @dataclass

@@ -48,11 +48,6 @@ def add_train_parsers(commands) -> None:
     di.add_argument("--margin", type=float, default=1.0, metavar="S",
                     help="seconds of silence after the longest audio of a batch in the student's window "
                     "(default: %(default)s)")
-    di.add_argument("--tail", action=argparse.BooleanOptionalAction, default=False,
-                    help="give the student a silence tail: its decoder reads its frames, then the teacher's encoding "
-                    "of silence up to 30 s, so the frozen decoder sees the window length it was trained on while "
-                    "the encoder reads only the audio plus the margin (default: no; on the tune corpus it was no "
-                    "better than the plain recipe and wrote on 2 noise clips: README)")
     di.add_argument("--silence-logprob", type=float, default=SILENCE_LOGPROB, metavar="LP",
                     help="the student's silence gate, kept in its checkpoint: a window it calls silent (no-speech "
                     "probability over 0.6) is skipped unless its words average a log-probability over LP "
@@ -117,7 +112,7 @@ def _add_common(parser: argparse.ArgumentParser, alpha: float, learning_rate: fl
 
 
 def run_distill(args) -> int:
-    from edge_asr.models.student import freeze, make_student, save_openai_checkpoint, silence_tail
+    from edge_asr.models.student import freeze, make_student, save_openai_checkpoint
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import ZOO, resolve_model
     from edge_asr.runtime.windows import WindowPolicy
@@ -129,8 +124,6 @@ def run_distill(args) -> int:
     if args.prepare_only:
         return _prepared(examples)
     student = make_student(teacher, args.decoder_layers, args.encoder_layers)
-    if args.tail:
-        student.encoder.set_tail(silence_tail(teacher))
     frozen = freeze(student, args.freeze, args.decoder_layers)
     if frozen != "none":
         print(f"the student's {frozen} stays the teacher's (--freeze {frozen}); the rest is trained", flush=True)
@@ -150,7 +143,7 @@ def run_distill(args) -> int:
 
         card = _card(args, examples, minutes, evaluations)
         delta = save_delta(student.state_dict(), checkpoint, args.teacher, window, args.output / DELTA_DIR, card)
-        print(f"wrote {delta} (the student as a delta on {args.teacher}: copy it to models/students/NAME to ship it)")
+        print(f"wrote {delta} (the student as a delta on {args.teacher}: `--model {delta}` reads it)")
     _report(args, history, evaluations, path)
     return 0
 
@@ -254,8 +247,7 @@ def _card(args, examples, minutes: float, evaluations: dict) -> str:
              f"Distilled by `edge-asr distill` from {', '.join(str(c) for c in args.corpus)}: {len(examples)} examples "
              f"({hours:.2f} h of audio, joined utterances included), labelled by the teacher itself.", "",
              f"Recipe: {args.steps} steps of {args.batch_size} examples, lr {args.lr:g}, alpha {args.alpha:g}, T "
-             f"{args.temperature[0]:g}, encoder weight {args.encoder_weight:g}, margin {args.margin:g} s"
-             f"{', silence tail' if args.tail else ''}, seed "
+             f"{args.temperature[0]:g}, encoder weight {args.encoder_weight:g}, margin {args.margin:g} s, seed "
              f"{args.seed}; silence gate {args.silence_logprob:g}; the decoder is the teacher's. "
              f"Training took {minutes:.0f} min in this run.", ""]
     if evaluations:

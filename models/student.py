@@ -53,25 +53,6 @@ def make_student(
     return student.train(teacher.training)
 
 
-# The features of silence a tail is encoded from: digital silence normalised as a clip whose peak is typical of
-# speech (runtime/mel.py silence_level: peak - 2; the median over the tune corpus's clips was -1.0, its tenth to
-# ninetieth percentiles -1.3 to -0.8).
-TAIL_LEVEL = -1.0
-
-
-def silence_tail(teacher: WhisperModel, level: float = TAIL_LEVEL) -> torch.Tensor:
-    """The teacher's encoder output [n_audio_ctx, D] on a 30 s window of silence at ``level``: the frames a
-    student with a tail (WhisperModel.audio_context) puts after its own, so that its frozen decoder still reads
-    30 s of encoder frames, as it was trained to, while the encoder reads only the audio plus a margin.
-    Without it the decoder sees a few seconds of frames, a context it never saw in training (the stock model
-    loops or stops early there; the student had to learn around that)."""
-    dims = teacher.dims
-    mel = torch.full((1, dims.n_mels, 2 * dims.n_audio_ctx), level,
-                     dtype=teacher.encoder.positional_embedding.dtype, device=teacher.encoder.positional_embedding.device)
-    with torch.no_grad():
-        return teacher.encoder(mel)[0]
-
-
 def freeze(student: WhisperModel, stack: str | None, decoder_layers: Sequence[int] | None = None) -> str:
     """Stops training one stack (kept exactly as the teacher's) and returns which; None picks the
     default: the decoder when the student keeps the teacher's whole decoder, else none.

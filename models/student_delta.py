@@ -3,8 +3,7 @@
 A length-adaptive student of tiny.en trains its encoder alone (the decoder stays the teacher's), so the
 whole student is the zoo's tiny.en plus 14 MB of encoder weights. A delta directory holds
 ``weights.safetensors`` (the changed tensors, fp16), ``student.json`` (the base model's zoo name and
-sha256, the window policy, the tensors' sha256, and the level of the silence tail a tailed student reads: the
-base's own encoding of silence, recomputed rather than stored) and ``MODEL_CARD.md``. ``read_delta`` refuses a base
+sha256, the window policy and the tensors' sha256) and ``MODEL_CARD.md``. ``read_delta`` refuses a base
 with another sha256, in one sentence.
 """
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_asr.models.checkpoint import TAIL, Checkpoint, read_json
+from edge_asr.models.checkpoint import Checkpoint, read_json
 from edge_asr.runtime.errors import ModelSourceError
 from edge_asr.runtime.windows import WindowPolicy
 
@@ -33,7 +32,6 @@ def save_delta(student_state: dict, base: Checkpoint, base_name: str, window: Wi
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    student_state, tail_level = _without_teachers_tail(student_state, base)
     changed = {name: tensor.detach().cpu().float().numpy().astype(np.float16)
                for name, tensor in student_state.items()
                if name not in FIXED and (name not in base.tensors
@@ -43,8 +41,6 @@ def save_delta(student_state: dict, base: Checkpoint, base_name: str, window: Wi
     save_file(changed, str(out / WEIGHTS))
     info = {"base_model": base_name, "base_sha256": base.source_sha256, "window": window.to_dict(),
             "tensors": sorted(changed), "weights_sha256": _sha256(out / WEIGHTS)}
-    if tail_level is not None:
-        info["silence_tail_level"] = tail_level
     (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if card:
         (out / CARD).write_text(card)
@@ -66,40 +62,13 @@ def read_delta(directory: Path, base: Checkpoint, name: str) -> Checkpoint:
         raise ModelSourceError(f"The student {directory} is damaged: {WEIGHTS} is missing or does not match its sha256.")
     tensors = dict(base.tensors)
     for tensor_name, value in load_file(str(weights)).items():
-        if tensor_name == TAIL:  # the student's own, not a change of the base (WhisperModel.audio_context)
-            if value.shape != tensors["encoder.positional_embedding"].shape:
-                raise ModelSourceError(f"The student {directory}'s silence tail has shape {value.shape}, not that "
-                                       f"of {base.name}'s encoder frames.")
-        elif tensor_name not in tensors or tensors[tensor_name].shape != value.shape:
+        if tensor_name not in tensors or tensors[tensor_name].shape != value.shape:
             raise ModelSourceError(f"The student {directory} changes {tensor_name}, which {base.name} does not have "
                                    "in that shape.")
         tensors[tensor_name] = value.astype(np.float32)
-    if "silence_tail_level" in info:
-        tensors[TAIL] = _teachers_tail(base, info["silence_tail_level"])
     both = hashlib.sha256(f"{base.source_sha256} {info['weights_sha256']}".encode()).hexdigest()
     return replace(base, name=name, tensors=tensors, source=f"{base.source} + student {directory}",
                    source_sha256=both, window_policy=WindowPolicy.from_dict(info["window"]))
-
-
-def _teachers_tail(base: Checkpoint, level: float) -> np.ndarray:
-    """The base's own encoding of silence (models/student.py silence_tail): a student's tail, recomputed."""
-    from edge_asr.models.student import silence_tail
-    from edge_asr.models.whisper_torch import from_checkpoint
-
-    return silence_tail(from_checkpoint(base), float(level)).numpy()
-
-
-def _without_teachers_tail(state: dict, base: Checkpoint) -> tuple[dict, float | None]:
-    """``state`` without its silence tail when the tail is the base's own encoding of silence at TAIL_LEVEL (then
-    a delta names the level, 1.2 MB less for tiny.en, and read_delta recomputes it), and that level."""
-    from edge_asr.models.student import TAIL_LEVEL
-
-    if TAIL not in state:
-        return state, None
-    tail = state[TAIL].detach().cpu().float().numpy()
-    if not np.allclose(tail, _teachers_tail(base, TAIL_LEVEL), atol=1e-5):
-        return state, None  # a tail of its own: saved as a tensor
-    return {name: tensor for name, tensor in state.items() if name != TAIL}, TAIL_LEVEL
 
 
 def _sha256(path: Path) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edge_asr.models.checkpoint import TAIL, Checkpoint, sinusoids
+from edge_asr.models.checkpoint import Checkpoint, sinusoids
 from edge_asr.runtime.dims import ModelDims
 
 
@@ -70,8 +70,10 @@ class ResidualAttentionBlock(nn.Module):
         cross: tuple[Tensor, Tensor] | None = None,
         cross_mask: Tensor | None = None,
         cross_scores: list[Tensor] | None = None,
+        after: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One block. ``past``: cached self-attention keys/values [B, C, D] put before the new ones;
+        """One block. ``past``: cached self-attention keys/values [B, C, D] put before the new ones; ``after``:
+        keys/values [P, D] shared by every row, put after them (an encoder's cached padding);
         ``cross``: the cross-attention keys/values split into heads [B, H, T, dh], ``cross_mask`` an additive
         mask over their T frames (broadcast to [B, H, N, T]) when rows hold audio of different lengths;
         ``cross_scores`` gets the cross-attention scores appended (MultiHeadAttention's ``keep_scores``).
@@ -81,6 +83,10 @@ class ResidualAttentionBlock(nn.Module):
         h = self.attn_ln(x)
         k, v = self.attn.key(h), self.attn.value(h)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        if after is not None:
+            rows = keys.shape[0]
+            keys = torch.cat([keys, after[0].expand(rows, -1, -1)], 1)
+            values = torch.cat([values, after[1].expand(rows, -1, -1)], 1)
         x = x + self.attn(h, self.attn.heads(keys), self.attn.heads(values), mask)
         if cross is not None:
             x = x + self.cross_attn(self.cross_attn_ln(x), *cross, cross_mask, cross_scores)
@@ -99,23 +105,45 @@ class AudioEncoder(nn.Module):
             ResidualAttentionBlock(state, dims.n_audio_head) for _ in range(dims.n_audio_layer)
         )
         self.ln_post = nn.LayerNorm(state)
-        self.register_buffer("tail", None)  # a None buffer is not in the state dict: stock models have none
+        # The cached padding (cache_padding): not in the state dict, as it is computed from the weights.
+        for name in ("padding_keys", "padding_values", "padding_output"):
+            self.register_buffer(name, None, persistent=False)
 
-    def set_tail(self, tail: Tensor) -> None:
-        """Give the encoder a silence tail [n_audio_ctx, D] (see WhisperModel.audio_context); a buffer, so it is
-        saved with the weights, and never trained."""
-        if tail.shape != self.positional_embedding.shape:
-            raise ValueError(f"a silence tail has shape {tuple(self.positional_embedding.shape)}, not {tuple(tail.shape)}")
-        self.tail = tail.detach().clone().to(self.positional_embedding)
+    @torch.no_grad()
+    def cache_padding(self) -> None:
+        """Cache what a 30 s window of padding holds: every layer's self-attention keys and values [L, n_audio_ctx,
+        D] and the output [n_audio_ctx, D]. From then on a shorter window's positions attend to their own keys
+        and then to the padding's past them, as they would in a 30 s window whose padding sees only itself; the
+        positions of the audio are computed, those of the padding read. Computed from this encoder's weights:
+        call again after changing them. The padding is openai's: features of zeros."""
+        self.padding_keys = self.padding_values = self.padding_output = None
+        weight = self.positional_embedding
+        x = self.positions(torch.zeros(1, self.conv1.in_channels, 2 * weight.shape[0], dtype=weight.dtype,
+                                       device=weight.device))
+        keys, values = [], []
+        for block in self.blocks:
+            x, k, v = block(x)
+            keys.append(k[0])
+            values.append(v[0])
+        self.padding_keys, self.padding_values = torch.stack(keys), torch.stack(values)
+        self.padding_output = self.ln_post(x)[0]
 
-    def forward(self, mel: Tensor) -> Tensor:
-        """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
+    def positions(self, mel: Tensor) -> Tensor:
+        """Log-Mel [B, n_mels, frames] -> the first block's input [B, frames / 2, D]."""
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         # A window shorter than 30 s takes the first positions: encoding just the utterance is cheaper.
-        x = x + self.positional_embedding[: x.shape[1]]
-        for block in self.blocks:
-            x = block(x)[0]
+        return x + self.positional_embedding[: x.shape[1]]
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
+        x = self.positions(mel)
+        frames = x.shape[1]
+        for i, block in enumerate(self.blocks):
+            # A 30 s window takes none of the padding: the slices are empty (no branch on the length, so an
+            # exported graph holds the padding whatever window it was traced with).
+            after = None if self.padding_keys is None else (self.padding_keys[i, frames:], self.padding_values[i, frames:])
+            x = block(x, after=after)[0]
         return self.ln_post(x)
 
 
@@ -211,32 +239,36 @@ class WhisperModel(nn.Module):
         self.dims = dims
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
+        self.register_buffer("padding_k", None, persistent=False)  # cache_padding's cross-attention keys, values
+        self.register_buffer("padding_v", None, persistent=False)
 
     def logits(self, mel: Tensor, tokens: Tensor) -> Tensor:
         """Logits [B, N, n_vocab] of every token position, computed without a cache."""
         return self.decoder.full(tokens, cross=self.audio_context(self.encoder(mel)))
 
+    @torch.no_grad()
+    def cache_padding(self) -> None:
+        """Give the model the cached padding (AudioEncoder.cache_padding) and its cross-attention keys and values:
+        a window of audio alone is then encoded and read as a 30 s window (runtime/windows.py)."""
+        self.encoder.cache_padding()
+        self.padding_k, self.padding_v = self.decoder.cross_kv(self.encoder.padding_output[None])
+
     def audio_context(self, encoded: Tensor) -> tuple[Tensor, Tensor]:
         """What the decoder reads of encoder output [B, T, D]: every layer's cross-attention keys and values
-        [L, B, H, T', dh]. T' is T, except for a model with a silence tail (AudioEncoder.set_tail), whose
-        decoder reads a short window's own frames and then the tail's from T on: a length-adaptive student
-        encodes only its audio plus a margin, and its frozen decoder still sees the 30 s of frames it was
-        trained on, the rest being the teacher's own encoding of silence (models/student.py)."""
+        [L, B, H, T', dh]. T' is T, except with the cached padding (cache_padding), whose decoder reads a short
+        window's own frames and then the padding's from T on, 30 s of frames in all."""
         keys, values = self.decoder.cross_kv(encoded)
-        tail = self.encoder.tail
-        if tail is None or encoded.shape[1] >= tail.shape[0]:
+        if self.padding_k is None:
             return keys, values
-        # Projected once for the batch: the tail is the same for every row.
-        tail_k, tail_v = self.decoder.cross_kv(tail[None, encoded.shape[1]:].to(encoded.dtype))
-        rows = encoded.shape[0]
-        return (torch.cat([keys, tail_k.expand(-1, rows, -1, -1, -1)], dim=3),
-                torch.cat([values, tail_v.expand(-1, rows, -1, -1, -1)], dim=3))
+        frames, rows = encoded.shape[1], encoded.shape[0]
+        return tuple(torch.cat([own, padding[:, :, :, frames:].to(own.dtype).expand(-1, rows, -1, -1, -1)], dim=3)
+                     for own, padding in ((keys, self.padding_k), (values, self.padding_v)))
 
 
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
     """A float32 model in eval mode holding the checkpoint's weights."""
     model = WhisperModel(ckpt.dims)
-    if TAIL in ckpt.tensors:
-        model.encoder.set_tail(torch.tensor(ckpt.tensors[TAIL], dtype=torch.float32))
     model.load_state_dict({name: torch.tensor(t, dtype=torch.float32) for name, t in ckpt.tensors.items()})
+    if ckpt.window_policy.cached_padding:
+        model.cache_padding()
     return model.eval()

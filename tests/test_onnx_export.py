@@ -202,13 +202,14 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
     assert agreement >= 0.9
 
 
-def test_encoder_graph_of_a_student_with_a_silence_tail_adds_the_tails_keys_and_values(tmp_path):
-    """The tail's keys and values are constants of the graph: a short window's own frames are projected, the
-    rest are the tail's, as the reference model computes them; a full window has no tail frames."""
-    from edge_asr.models.student import silence_tail
 
+
+def test_encoder_graph_of_a_model_with_the_cached_padding_matches_the_reference(tmp_path):
+    """The cached padding's keys and values (every encoder layer's, and the decoder's of its output) are constants
+    of the graph: a short window's own positions are computed, the rest read, as the reference model does it; a
+    full window reads none of them."""
     model = _small_model()
-    model.encoder.set_tail(silence_tail(model))
+    model.cache_padding()
     encoder = _session(export_encoder(model, tmp_path / "encoder.onnx"))
     for frames in (20, 2 * SMALL.n_audio_ctx):
         mel = np.random.default_rng(frames).normal(size=(2, 80, frames)).astype(np.float32)

