@@ -2,7 +2,6 @@
 alone, its positions attending past themselves to a 30 s window's padding computed once from the weights."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -17,7 +17,7 @@ from edge_asr.models.distill_loss import IGNORE_INDEX, TemperatureSchedule, dist
 from edge_asr.models.distill_train import TrainSettings, train
 from edge_asr.models.openai_reader import read_openai
 from edge_asr.models.student import evenly_spaced_layers, make_student, save_openai_checkpoint
-from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
+from edge_asr.models.whisper_torch import WhisperModel
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.mel import N_FRAMES, N_SAMPLES, LogMelFrontend

@@ -3,7 +3,6 @@ from <|startoftranscript|> with <|nospeech|> kept, encoder output on the audio's
 student deltas read by their directory, the cached padding's bundles, and the sets a student is judged on."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
