@@ -81,7 +81,8 @@ def add_compile_parser(commands) -> None:
         description="Compile a checkpoint into a bundle for one target (needs edge-asr[compile]; TVM targets "
         "also edge-asr[tvm], Jetson targets JetPack's TensorRT on the Jetson itself).")
     co.add_argument("--model", default=DEFAULT_MODEL,
-                    help="zoo name (tiny.en, base, tiny.en-adaptive) or checkpoint path (default: %(default)s)")
+                    help="zoo name (tiny.en, base, tiny.en-adaptive), student delta or checkpoint path "
+                    "(default: %(default)s)")
     co.add_argument("--target", choices=list(TARGETS), default="cpu",
                     help="cpu: onnxruntime on any CPU; rpi4: TVM for the Raspberry Pi 4's Cortex-A72, cross-linked "
                     "with aarch64-linux-gnu-g++; tvm-x86: TVM for this x86 host's CPU; jetson-orin, jetson-xavier: "
