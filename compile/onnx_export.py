@@ -38,7 +38,7 @@ class _EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.audio_context(self.model.encoder(mel))
+        return self.model.context(mel)
 
 
 def export_encoder(model: WhisperModel, path: Path) -> Path:

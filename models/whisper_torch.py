@@ -7,6 +7,8 @@ them into its cache.
 """
 from __future__ import annotations
 
+import bisect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -70,10 +72,8 @@ class ResidualAttentionBlock(nn.Module):
         cross: tuple[Tensor, Tensor] | None = None,
         cross_mask: Tensor | None = None,
         cross_scores: list[Tensor] | None = None,
-        after: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One block. ``past``: cached self-attention keys/values [B, C, D] put before the new ones; ``after``:
-        keys/values [P, D] shared by every row, put after them (an encoder's cached padding);
+        """One block. ``past``: cached self-attention keys/values [B, C, D] put before the new ones;
         ``cross``: the cross-attention keys/values split into heads [B, H, T, dh], ``cross_mask`` an additive
         mask over their T frames (broadcast to [B, H, N, T]) when rows hold audio of different lengths;
         ``cross_scores`` gets the cross-attention scores appended (MultiHeadAttention's ``keep_scores``).
@@ -83,15 +83,17 @@ class ResidualAttentionBlock(nn.Module):
         h = self.attn_ln(x)
         k, v = self.attn.key(h), self.attn.value(h)
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
-        if after is not None:
-            rows = keys.shape[0]
-            keys = torch.cat([keys, after[0].expand(rows, -1, -1)], 1)
-            values = torch.cat([values, after[1].expand(rows, -1, -1)], 1)
+        return self.finish(x, h, keys, values, mask, cross, cross_mask, cross_scores), k, v
+
+    def finish(self, x: Tensor, h: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
+               cross: tuple[Tensor, Tensor] | None = None, cross_mask: Tensor | None = None,
+               cross_scores: list[Tensor] | None = None) -> Tensor:
+        """The block past its self-attention keys and values: ``h`` is ``x`` normed, ``keys``/``values`` [B, S, D]
+        everything it attends to."""
         x = x + self.attn(h, self.attn.heads(keys), self.attn.heads(values), mask)
         if cross is not None:
             x = x + self.cross_attn(self.cross_attn_ln(x), *cross, cross_mask, cross_scores)
-        x = x + self.mlp(self.mlp_ln(x))
-        return x, k, v
+        return x + self.mlp(self.mlp_ln(x))
 
 
 class AudioEncoder(nn.Module):
@@ -106,20 +108,34 @@ class AudioEncoder(nn.Module):
         )
         self.ln_post = nn.LayerNorm(state)
         # The cached padding (cache_padding): not in the state dict, as it is computed from the weights.
-        for name in ("padding_keys", "padding_values", "padding_output"):
+        for name in ("padding_keys", "padding_values", "padding_output", "padding_inputs", "probe_offsets",
+                     "probe_below"):
             self.register_buffer(name, None, persistent=False)
 
     @torch.no_grad()
-    def cache_padding(self) -> None:
+    def cache_padding(self, probe_spacing: int = 0) -> None:
         """Cache what a 30 s window of padding holds: every layer's self-attention keys and values [L, n_audio_ctx,
         D] and the output [n_audio_ctx, D]. From then on a shorter window's positions attend to their own keys
-        and then to the padding's past them, as they would in a 30 s window whose padding sees only itself; the
-        positions of the audio are computed, those of the padding read. Computed from this encoder's weights:
-        call again after changing them. The padding is openai's: features of zeros."""
-        self.padding_keys = self.padding_values = self.padding_output = None
+        and then to the padding's past them, as they would in a 30 s window; the positions of the audio are
+        computed, those of the padding read. Computed from this encoder's weights: call again after changing them.
+        The padding is openai's: features of zeros.
+
+        The cache holds the padding as it is when it sees only itself; in a 30 s window it also sees the audio.
+        ``probe_spacing`` > 0 corrects that: padding positions that far apart from the audio's end on, and the
+        last, are computed with the audio, layer by layer, and every padding position between two of them moves by
+        their keys', values' and output's distance from the cache, interpolated linearly (``padding``)."""
+        self.padding_keys = self.padding_values = self.padding_output = self.padding_inputs = None
+        self.probe_offsets = self.probe_below = None
         weight = self.positional_embedding
-        x = self.positions(torch.zeros(1, self.conv1.in_channels, 2 * weight.shape[0], dtype=weight.dtype,
+        frames = weight.shape[0]
+        x = self.positions(torch.zeros(1, self.conv1.in_channels, 2 * frames, dtype=weight.dtype,
                                        device=weight.device))
+        if probe_spacing > 0:
+            offsets = list(range(0, frames - 1, probe_spacing))
+            self.padding_inputs = x[0]
+            self.probe_offsets = torch.tensor(offsets, device=weight.device)
+            self.probe_below = torch.tensor([bisect.bisect_right(offsets, q) - 1 for q in range(frames)],
+                                            device=weight.device)
         keys, values = [], []
         for block in self.blocks:
             x, k, v = block(x)
@@ -137,14 +153,52 @@ class AudioEncoder(nn.Module):
 
     def forward(self, mel: Tensor) -> Tensor:
         """Log-Mel [B, n_mels, frames] (frames even, at most 2 * n_audio_ctx) -> [B, frames / 2, D]."""
+        return self.encode(mel)[0]
+
+    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The output of the audio's positions [B, frames / 2, D], and with the cached padding's probes their output
+        [B, probes, D] (None without: WhisperModel.audio_context reads both)."""
         x = self.positions(mel)
+        if self.padding_keys is None:
+            for block in self.blocks:
+                x = block(x)[0]
+            return self.ln_post(x), None
         frames = x.shape[1]
+        probes = self.probe_offsets is not None
+        if probes:
+            x = torch.cat([x, self.padding_inputs[self.probes(frames)].expand(x.shape[0], -1, -1)], 1)
         for i, block in enumerate(self.blocks):
             # A 30 s window takes none of the padding: the slices are empty (no branch on the length, so an
             # exported graph holds the padding whatever window it was traced with).
-            after = None if self.padding_keys is None else (self.padding_keys[i, frames:], self.padding_values[i, frames:])
-            x = block(x, after=after)[0]
-        return self.ln_post(x)
+            h = block.attn_ln(x)
+            k, v = block.attn.key(h), block.attn.value(h)
+            keys = torch.cat([k[:, :frames], self.padding(self.padding_keys[i], k[:, frames:], frames)], 1)
+            values = torch.cat([v[:, :frames], self.padding(self.padding_values[i], v[:, frames:], frames)], 1)
+            x = block.finish(x, h, keys, values)
+        x = self.ln_post(x)
+        return (x[:, :frames], x[:, frames:]) if probes else (x, None)
+
+    def probes(self, frames: int) -> Tensor:
+        """Where the probes of a window of ``frames`` positions are: every offset past its audio's end that stays
+        before the last position, and the last (a 30 s window's one probe counts for nothing)."""
+        last = self.padding_inputs.shape[0] - 1
+        at = self.probe_offsets + frames
+        return torch.cat([at[at < last], self.probe_offsets.new_tensor([last])])
+
+    def padding(self, cached: Tensor, probed: Tensor, frames: int) -> Tensor:
+        """The padding from position ``frames`` on [..., n_audio_ctx - frames, d]: ``cached`` [..., n_audio_ctx, d]
+        (every padding position as it sees only padding) moved by ``probed`` [..., probes, d] (the probes as they
+        see the audio) where it differs from the cache, linearly between probes. Without probes, the cache."""
+        if self.probe_offsets is None:
+            return cached[..., frames:, :].expand(*probed.shape[:-2], -1, -1)
+        at = self.probes(frames)
+        delta = probed - cached.index_select(-2, at)
+        below = self.probe_below[: cached.shape[-2] - frames]  # of each padding position, counted from the first
+        above = torch.minimum(below + 1, (at.shape[0] - 1) + below[:1] * 0)
+        past = torch.ones_like(below).cumsum(0) - 1 + frames - at[below]  # positions past the probe below
+        share = (past / (at[above] - at[below]).clamp(min=1)).to(cached.dtype)[:, None]
+        return (cached[..., frames:, :] + delta.index_select(-2, below) * (1 - share)
+                + delta.index_select(-2, above) * share)
 
 
 class TextDecoder(nn.Module):
@@ -244,24 +298,30 @@ class WhisperModel(nn.Module):
 
     def logits(self, mel: Tensor, tokens: Tensor) -> Tensor:
         """Logits [B, N, n_vocab] of every token position, computed without a cache."""
-        return self.decoder.full(tokens, cross=self.audio_context(self.encoder(mel)))
+        return self.decoder.full(tokens, cross=self.context(mel))
 
     @torch.no_grad()
-    def cache_padding(self) -> None:
+    def cache_padding(self, probe_spacing: int = 0) -> None:
         """Give the model the cached padding (AudioEncoder.cache_padding) and its cross-attention keys and values:
         a window of audio alone is then encoded and read as a 30 s window (runtime/windows.py)."""
-        self.encoder.cache_padding()
+        self.encoder.cache_padding(probe_spacing)
         self.padding_k, self.padding_v = self.decoder.cross_kv(self.encoder.padding_output[None])
 
-    def audio_context(self, encoded: Tensor) -> tuple[Tensor, Tensor]:
+    def context(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-Mel [B, n_mels, frames] -> what the decoder reads of it (audio_context)."""
+        return self.audio_context(*self.encoder.encode(mel))
+
+    def audio_context(self, encoded: Tensor, probes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """What the decoder reads of encoder output [B, T, D]: every layer's cross-attention keys and values
         [L, B, H, T', dh]. T' is T, except with the cached padding (cache_padding), whose decoder reads a short
-        window's own frames and then the padding's from T on, 30 s of frames in all."""
-        keys, values = self.decoder.cross_kv(encoded)
+        window's own frames and then the padding's from T on, 30 s of frames in all, moved by the output of
+        the encoder's ``probes`` [B, P, D] if it has them (AudioEncoder.encode)."""
         if self.padding_k is None:
-            return keys, values
-        frames, rows = encoded.shape[1], encoded.shape[0]
-        return tuple(torch.cat([own, padding[:, :, :, frames:].to(own.dtype).expand(-1, rows, -1, -1, -1)], dim=3)
+            return self.decoder.cross_kv(encoded)
+        frames = encoded.shape[1]
+        keys, values = self.decoder.cross_kv(encoded if probes is None else torch.cat([encoded, probes], 1))
+        return tuple(torch.cat([own[:, :, :, :frames], self.encoder.padding(padding.to(own.dtype),
+                                                                              own[:, :, :, frames:], frames)], dim=3)
                      for own, padding in ((keys, self.padding_k), (values, self.padding_v)))
 
 
@@ -270,5 +330,5 @@ def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:
     model = WhisperModel(ckpt.dims)
     model.load_state_dict({name: torch.tensor(t, dtype=torch.float32) for name, t in ckpt.tensors.items()})
     if ckpt.window_policy.cached_padding:
-        model.cache_padding()
+        model.cache_padding(ckpt.window_policy.padding_probes)
     return model.eval()

@@ -9,7 +9,9 @@ A third kind keeps stock Whisper's weights and still encodes only the audio: wit
 computes the audio's positions alone and attends, past them, to the keys and values that a 30 s window's padding
 holds at every layer, computed once from the model's own weights; the decoder reads the padding's own output
 after the audio's (models/whisper_torch.py, ``WhisperModel.cache_padding``). Its decoder so reads 30 s of frames
-as it was trained to, and its windows are padded with openai's zeros, as stock Whisper's are.
+as it was trained to, and its windows are padded with openai's zeros, as stock Whisper's are. ``padding_probes``
+computes every so many padding positions with the audio as well and moves the cached padding between them by
+what the audio changed there.
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ class WindowPolicy:
     # surer than its teacher of the "Thank you." it writes on noise (decoding/transcribe.py, _is_silence).
     silence_logprob: float | None = None
     cached_padding: bool = False  # the encoder attends to a 30 s window's padding cached from its own weights
+    # With the cached padding: encoder positions between the padding's probes, computed with the audio to correct
+    # the cache (models/whisper_torch.py, AudioEncoder.cache_padding); 0: none, the cache alone.
+    padding_probes: int = 0
 
     @property
     def reads_30s(self) -> bool:
@@ -55,6 +60,12 @@ class WindowPolicy:
         if self.cached_padding and self.needs_30s_padding:
             raise EdgeAsrError("a model with the cached padding encodes its audio alone: it cannot also need 30 s "
                                "windows.")
+        if not isinstance(self.padding_probes, int) or isinstance(self.padding_probes, bool) or not (
+                0 <= self.padding_probes <= 1500):
+            raise EdgeAsrError(f"padding_probes must be a whole number of encoder positions from 0 to 1500, not "
+                               f"{self.padding_probes!r}.")
+        if self.padding_probes and not self.cached_padding:
+            raise EdgeAsrError("padding probes correct the cached padding: a model without it cannot have them.")
         if not _number(self.margin_s) or not 0 <= self.margin_s <= 30:
             raise EdgeAsrError(f"the window margin must be 0 to 30 seconds, not {self.margin_s!r}.")
         if self.silence_logprob is not None and not (_number(self.silence_logprob) and -10 <= self.silence_logprob <= 0):
@@ -64,6 +75,8 @@ class WindowPolicy:
     def to_dict(self) -> dict:
         gate = {} if self.silence_logprob is None else {"silence_logprob_threshold": self.silence_logprob}
         padding = {"cached_padding": True} if self.cached_padding else {}
+        if self.padding_probes:
+            padding["padding_probes"] = self.padding_probes
         return {"needs_30s_padding": self.needs_30s_padding, "window_margin_s": self.margin_s, **gate, **padding}
 
     @classmethod
@@ -73,7 +86,8 @@ class WindowPolicy:
         return cls(data.get("needs_30s_padding", defaults.needs_30s_padding),
                    data.get("window_margin_s", defaults.margin_s),
                    data.get("silence_logprob_threshold", defaults.silence_logprob),
-                   data.get("cached_padding", defaults.cached_padding)).validate()
+                   data.get("cached_padding", defaults.cached_padding),
+                   data.get("padding_probes", defaults.padding_probes)).validate()
 
 
 def _number(value) -> bool:

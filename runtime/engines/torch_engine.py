@@ -45,7 +45,7 @@ def load_torch_engine(bundle: Bundle, threads: int) -> "TorchEngine":
         raise BundleError(f"bundle {bundle.path} holds weights this model cannot load ({str(err).splitlines()[0]}): "
                           "recompile it with `edge-asr compile --target cuda`.") from None
     if bundle.window_policy.cached_padding:  # computed from the weights, so never stored with them
-        model.cache_padding()
+        model.cache_padding(bundle.window_policy.padding_probes)
     dtype = DTYPES.get(bundle.manifest.get("precision"), torch.float32) if device.startswith("cuda") else torch.float32
     return TorchEngine(model, device, dtype)
 
@@ -110,7 +110,7 @@ class TorchEngine:
 
     @torch.inference_mode()
     def encode(self, mel: np.ndarray) -> TorchAudioContext:
-        return self.context(self.model.encoder(self._tensor(mel, self.dtype)))
+        return TorchAudioContext(*self.model.context(self._tensor(mel, self.dtype)))
 
     @torch.inference_mode()
     def context(self, encoded: torch.Tensor) -> TorchAudioContext:
