@@ -194,7 +194,7 @@ class AudioEncoder(nn.Module):
         at = self.probes(frames)
         delta = probed - cached.index_select(-2, at)
         below = self.probe_below[: cached.shape[-2] - frames]  # of each padding position, counted from the first
-        above = torch.minimum(below + 1, (at.shape[0] - 1) + below[:1] * 0)
+        above = torch.minimum(below + 1, (at.shape[0] - 1) + below[:1] * 0)  # a tensor: the count varies in a graph
         past = torch.ones_like(below).cumsum(0) - 1 + frames - at[below]  # positions past the probe below
         share = (past / (at[above] - at[below]).clamp(min=1)).to(cached.dtype)[:, None]
         return (cached[..., frames:, :] + delta.index_select(-2, below) * (1 - share)
