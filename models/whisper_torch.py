@@ -7,7 +7,7 @@ them into its cache.
 """
 from __future__ import annotations
 
-import bisect
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -131,11 +131,11 @@ class AudioEncoder(nn.Module):
         x = self.positions(torch.zeros(1, self.conv1.in_channels, 2 * frames, dtype=weight.dtype,
                                        device=weight.device))
         if probe_spacing > 0:
-            offsets = list(range(0, frames - 1, probe_spacing))
             self.padding_inputs = x[0]
-            self.probe_offsets = torch.tensor(offsets, device=weight.device)
-            self.probe_below = torch.tensor([bisect.bisect_right(offsets, q) - 1 for q in range(frames)],
-                                            device=weight.device)
+            self.probe_offsets = torch.arange(0, frames - 1, probe_spacing, device=weight.device)
+            # The probe at or before each position past the audio's end, counted from there.
+            self.probe_below = torch.clamp(torch.arange(frames, device=weight.device) // probe_spacing,
+                                           max=len(self.probe_offsets) - 1)
         keys, values = [], []
         for block in self.blocks:
             x, k, v = block(x)
@@ -164,41 +164,57 @@ class AudioEncoder(nn.Module):
                 x = block(x)[0]
             return self.ln_post(x), None
         frames = x.shape[1]
-        probes = self.probe_offsets is not None
+        plan = self.interpolation(frames)
+        probes = plan is not None
         if probes:
-            x = torch.cat([x, self.padding_inputs[self.probes(frames)].expand(x.shape[0], -1, -1)], 1)
+            x = torch.cat([x, self.padding_inputs[plan.at].expand(x.shape[0], -1, -1)], 1)
         for i, block in enumerate(self.blocks):
             # A 30 s window takes none of the padding: the slices are empty (no branch on the length, so an
             # exported graph holds the padding whatever window it was traced with).
             h = block.attn_ln(x)
             k, v = block.attn.key(h), block.attn.value(h)
-            keys = torch.cat([k[:, :frames], self.padding(self.padding_keys[i], k[:, frames:], frames)], 1)
-            values = torch.cat([v[:, :frames], self.padding(self.padding_values[i], v[:, frames:], frames)], 1)
+            keys = torch.cat([k[:, :frames], self.padding(self.padding_keys[i], k[:, frames:], frames, plan)], 1)
+            values = torch.cat([v[:, :frames], self.padding(self.padding_values[i], v[:, frames:], frames, plan)], 1)
             x = block.finish(x, h, keys, values)
         x = self.ln_post(x)
         return (x[:, :frames], x[:, frames:]) if probes else (x, None)
 
-    def probes(self, frames: int) -> Tensor:
-        """Where the probes of a window of ``frames`` positions are: every offset past its audio's end that stays
-        before the last position, and the last (a 30 s window's one probe counts for nothing)."""
+    def interpolation(self, frames: int) -> "ProbePlan | None":
+        """Where a window of ``frames`` positions has its probes, and how its padding is interpolated between them
+        (None without probes). Computed once a window: every layer's keys and values and the output use it."""
+        if self.probe_offsets is None:
+            return None
         last = self.padding_inputs.shape[0] - 1
         at = self.probe_offsets + frames
-        return torch.cat([at[at < last], self.probe_offsets.new_tensor([last])])
-
-    def padding(self, cached: Tensor, probed: Tensor, frames: int) -> Tensor:
-        """The padding from position ``frames`` on [..., n_audio_ctx - frames, d]: ``cached`` [..., n_audio_ctx, d]
-        (every padding position as it sees only padding) moved by ``probed`` [..., probes, d] (the probes as they
-        see the audio) where it differs from the cache, linearly between probes. Without probes, the cache."""
-        if self.probe_offsets is None:
-            return cached[..., frames:, :].expand(*probed.shape[:-2], -1, -1)
-        at = self.probes(frames)
-        delta = probed - cached.index_select(-2, at)
-        below = self.probe_below[: cached.shape[-2] - frames]  # of each padding position, counted from the first
+        # Every offset past the audio's end that stays before the last position, and the last (a 30 s window's
+        # one probe counts for nothing).
+        at = torch.cat([at[at < last], self.probe_offsets.new_tensor([last])])
+        below = self.probe_below[: last + 1 - frames]  # of each padding position
         above = torch.minimum(below + 1, (at.shape[0] - 1) + below[:1] * 0)  # a tensor: the count varies in a graph
         past = torch.ones_like(below).cumsum(0) - 1 + frames - at[below]  # positions past the probe below
-        share = (past / (at[above] - at[below]).clamp(min=1)).to(cached.dtype)[:, None]
-        return (cached[..., frames:, :] + delta.index_select(-2, below) * (1 - share)
-                + delta.index_select(-2, above) * share)
+        share = (past / (at[above] - at[below]).clamp(min=1)).to(self.padding_inputs.dtype)[:, None]
+        return ProbePlan(at, below, above, share)
+
+    def padding(self, cached: Tensor, probed: Tensor, frames: int, plan: "ProbePlan | None") -> Tensor:
+        """The padding from position ``frames`` on [..., n_audio_ctx - frames, d]: ``cached`` [..., n_audio_ctx, d]
+        (every padding position as it sees only padding) moved by ``probed`` [..., probes, d] (the probes as they
+        see the audio) where it differs from the cache, linearly between probes (``plan``). Without, the cache."""
+        if plan is None:
+            return cached[..., frames:, :].expand(*probed.shape[:-2], -1, -1)
+        delta = probed - cached.index_select(-2, plan.at)
+        share = plan.share.to(cached.dtype)
+        return (cached[..., frames:, :] + delta.index_select(-2, plan.below) * (1 - share)
+                + delta.index_select(-2, plan.above) * share)
+
+
+class ProbePlan(NamedTuple):
+    """AudioEncoder.interpolation: the probes' positions [P], and for each padding position the probe below and
+    above it (indices into ``at``) and its share [T', 1] of the way from one to the other."""
+
+    at: Tensor
+    below: Tensor
+    above: Tensor
+    share: Tensor
 
 
 class TextDecoder(nn.Module):
@@ -319,9 +335,11 @@ class WhisperModel(nn.Module):
         if self.padding_k is None:
             return self.decoder.cross_kv(encoded)
         frames = encoded.shape[1]
+        plan = None if probes is None else self.encoder.interpolation(frames)
         keys, values = self.decoder.cross_kv(encoded if probes is None else torch.cat([encoded, probes], 1))
         return tuple(torch.cat([own[:, :, :, :frames], self.encoder.padding(padding.to(own.dtype),
-                                                                              own[:, :, :, frames:], frames)], dim=3)
+                                                                              own[:, :, :, frames:], frames, plan)],
+                               dim=3)
                      for own, padding in ((keys, self.padding_k), (values, self.padding_v)))
 
 

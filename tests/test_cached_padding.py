@@ -89,7 +89,8 @@ def test_probes_between_positions_move_the_padding_towards_the_30_s_window():
         want = stock.encoder(torch.cat([mel, torch.zeros(1, 80, N_FRAMES - 400)], 2))[0]
         audio, probes = probed.encoder.encode(mel)
         assert probes.shape == (1, 27, DIMS.n_audio_state)  # 200, 250, ..., 1450 and 1499
-        got = torch.cat([audio[0], probed.encoder.padding(probed.encoder.padding_output, probes, 200)[0]])
+        plan = probed.encoder.interpolation(200)
+        got = torch.cat([audio[0], probed.encoder.padding(probed.encoder.padding_output, probes, 200, plan)[0]])
         alone = cached.encoder(mel)[0]
         alone = torch.cat([alone, cached.encoder.padding_output[200:]])
 
@@ -101,15 +102,16 @@ def test_probes_between_positions_move_the_padding_towards_the_30_s_window():
 
 def test_probes_start_at_the_padding_and_are_interpolated_linearly():
     model, _ = padded_model(probe_every=10)
-    assert model.encoder.probes(25).tolist() == [*range(25, 1499, 10), 1499]  # the last position is always one
-    assert model.encoder.probes(N_FRAMES // 2).tolist() == [1499]  # a 30 s window: one, which counts for nothing
+    plan, full = model.encoder.interpolation(25), model.encoder.interpolation(N_FRAMES // 2)
+    assert plan.at.tolist() == [*range(25, 1499, 10), 1499]  # the last position is always one
+    assert full.at.tolist() == [1499]  # a 30 s window: one, which counts for nothing
     cached = torch.zeros(N_FRAMES // 2, 1)
     probed = torch.arange(149, dtype=torch.float32)[:, None]  # probe j moved by j
-    padding = model.encoder.padding(cached, probed, 25)[:, 0]
+    padding = model.encoder.padding(cached, probed, 25, plan)[:, 0]
     assert padding.shape == (N_FRAMES // 2 - 25,)
     assert padding[0] == 0 and padding[5] == 0.5 and padding[10] == 1
     assert torch.allclose(padding[-5:], torch.tensor([147, 147.25, 147.5, 147.75, 148]))  # 1495 to 1499
-    assert model.encoder.padding(cached, probed[:1], N_FRAMES // 2).shape == (0, 1)
+    assert model.encoder.padding(cached, probed[:1], N_FRAMES // 2, full).shape == (0, 1)
 
 
 def test_the_policy_travels_and_pads_with_openais_zeros():
