@@ -109,7 +109,7 @@ class AudioEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(state)
         # The cached padding (cache_padding): not in the state dict, as it is computed from the weights.
         for name in ("padding_keys", "padding_values", "padding_output", "padding_inputs", "probe_offsets",
-                     "probe_below"):
+                     "probe_steps"):
             self.register_buffer(name, None, persistent=False)
 
     @torch.no_grad()
@@ -125,7 +125,7 @@ class AudioEncoder(nn.Module):
         last, are computed with the audio, layer by layer, and every padding position between two of them moves by
         their keys', values' and output's distance from the cache, interpolated linearly (``padding``)."""
         self.padding_keys = self.padding_values = self.padding_output = self.padding_inputs = None
-        self.probe_offsets = self.probe_below = None
+        self.probe_offsets = self.probe_steps = None
         weight = self.positional_embedding
         frames = weight.shape[0]
         x = self.positions(torch.zeros(1, self.conv1.in_channels, 2 * frames, dtype=weight.dtype,
@@ -133,9 +133,7 @@ class AudioEncoder(nn.Module):
         if probe_spacing > 0:
             self.padding_inputs = x[0]
             self.probe_offsets = torch.arange(0, frames - 1, probe_spacing, device=weight.device)
-            # The probe at or before each position past the audio's end, counted from there.
-            self.probe_below = torch.clamp(torch.arange(frames, device=weight.device) // probe_spacing,
-                                           max=len(self.probe_offsets) - 1)
+            self.probe_steps = torch.arange(probe_spacing, dtype=weight.dtype, device=weight.device)[:, None]
         keys, values = [], []
         for block in self.blocks:
             x, k, v = block(x)
@@ -173,9 +171,8 @@ class AudioEncoder(nn.Module):
             # exported graph holds the padding whatever window it was traced with).
             h = block.attn_ln(x)
             k, v = block.attn.key(h), block.attn.value(h)
-            keys = torch.cat([k[:, :frames], self.padding(self.padding_keys[i], k[:, frames:], frames, plan)], 1)
-            values = torch.cat([v[:, :frames], self.padding(self.padding_values[i], v[:, frames:], frames, plan)], 1)
-            x = block.finish(x, h, keys, values)
+            x = block.finish(x, h, self.padded(k, self.padding_keys[i], frames, plan),
+                             self.padded(v, self.padding_values[i], frames, plan))
         x = self.ln_post(x)
         return (x[:, :frames], x[:, frames:]) if probes else (x, None)
 
@@ -189,11 +186,14 @@ class AudioEncoder(nn.Module):
         # Every offset past the audio's end that stays before the last position, and the last (a 30 s window's
         # one probe counts for nothing).
         at = torch.cat([at[at < last], self.probe_offsets.new_tensor([last])])
-        below = self.probe_below[: last + 1 - frames]  # of each padding position
-        above = torch.minimum(below + 1, (at.shape[0] - 1) + below[:1] * 0)  # a tensor: the count varies in a graph
-        past = torch.ones_like(below).cumsum(0) - 1 + frames - at[below]  # positions past the probe below
-        share = (past / (at[above] - at[below]).clamp(min=1)).to(self.padding_inputs.dtype)[:, None]
-        return ProbePlan(at, below, above, share)
+        # Each probe's distance to the next; the last has none (1: its slope is zero whatever it is divided by).
+        spans = torch.cat([at[1:] - at[:-1], at[:1] * 0 + 1]).to(self.padding_inputs.dtype)[:, None]
+        return ProbePlan(at, spans, self.probe_steps)
+
+    def padded(self, own: Tensor, cached: Tensor, frames: int, plan: "ProbePlan | None") -> Tensor:
+        """A window's keys, values or output [B, frames + probes, d] -> its own ``frames`` rows followed by the
+        padding [B, n_audio_ctx, d]: ``cached`` moved by the probes' rows (``padding``)."""
+        return torch.cat([own[:, :frames], self.padding(cached.to(own.dtype), own[:, frames:], frames, plan)], 1)
 
     def padding(self, cached: Tensor, probed: Tensor, frames: int, plan: "ProbePlan | None") -> Tensor:
         """The padding from position ``frames`` on [..., n_audio_ctx - frames, d]: ``cached`` [..., n_audio_ctx, d]
@@ -202,19 +202,22 @@ class AudioEncoder(nn.Module):
         if plan is None:
             return cached[..., frames:, :].expand(*probed.shape[:-2], -1, -1)
         delta = probed - cached.index_select(-2, plan.at)
-        share = plan.share.to(cached.dtype)
-        return (cached[..., frames:, :] + delta.index_select(-2, plan.below) * (1 - share)
-                + delta.index_select(-2, plan.above) * share)
+        slope = (torch.cat([delta[..., 1:, :], delta[..., -1:, :]], -2) - delta) / plan.spans
+        # Probe j and the positions after it up to the next, as [P, spacing] rows of one tensor: probes stand a
+        # spacing apart but for the last, and a shorter last step ends exactly on the last probe, which the rows
+        # past it (and the last probe's own, slope zero) repeat until the slice cuts them off. Gathering each
+        # position's two probes took twice the passes over [T', d], the most of a short window's int8 encoder.
+        moved = (delta.unsqueeze(-2) + slope.unsqueeze(-2) * plan.steps).flatten(-3, -2)
+        return cached[..., frames:, :] + moved[..., : cached.shape[-2] - frames, :]
 
 
 class ProbePlan(NamedTuple):
-    """AudioEncoder.interpolation: the probes' positions [P], and for each padding position the probe below and
-    above it (indices into ``at``) and its share [T', 1] of the way from one to the other."""
+    """AudioEncoder.interpolation: the probes' positions [P], each one's distance to the next [P, 1] (1 for the
+    last) and the steps 0 .. spacing - 1 [spacing, 1] that a position may stand past its probe."""
 
     at: Tensor
-    below: Tensor
-    above: Tensor
-    share: Tensor
+    spans: Tensor
+    steps: Tensor
 
 
 class TextDecoder(nn.Module):
@@ -235,9 +238,17 @@ class TextDecoder(nn.Module):
         Split into heads once per utterance here, rather than at every decoder step: re-laying out
         1500 frames of keys and values per layer and step made an int8 tiny.en step a third slower.
         """
-        keys = [block.cross_attn.heads(block.cross_attn.key(audio)) for block in self.blocks]
-        values = [block.cross_attn.heads(block.cross_attn.value(audio)) for block in self.blocks]
-        return torch.stack(keys), torch.stack(values)
+        return self.split_cross(self.cross_projections(audio))
+
+    def cross_projections(self, audio: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Encoder output [B, T, D] -> each layer's cross-attention keys and values [B, T, D], not yet in heads."""
+        return [(block.cross_attn.key(audio), block.cross_attn.value(audio)) for block in self.blocks]
+
+    def split_cross(self, projections: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """cross_projections' per-layer keys and values -> [L, B, H, T, dh] each."""
+        heads = [block.cross_attn.heads for block in self.blocks]
+        return (torch.stack([split(k) for split, (k, _) in zip(heads, projections, strict=True)]),
+                torch.stack([split(v) for split, (_, v) in zip(heads, projections, strict=True)]))
 
     def forward(
         self,
@@ -318,10 +329,12 @@ class WhisperModel(nn.Module):
 
     @torch.no_grad()
     def cache_padding(self, probe_spacing: int = 0) -> None:
-        """Give the model the cached padding (AudioEncoder.cache_padding) and its cross-attention keys and values:
-        a window of audio alone is then encoded and read as a 30 s window (runtime/windows.py)."""
+        """Give the model the cached padding (AudioEncoder.cache_padding) and its cross-attention keys and values
+        [L, n_audio_ctx, D]: a window of audio alone is then encoded and read as a 30 s window (runtime/windows.py)."""
         self.encoder.cache_padding(probe_spacing)
-        self.padding_k, self.padding_v = self.decoder.cross_kv(self.encoder.padding_output[None])
+        projections = self.decoder.cross_projections(self.encoder.padding_output[None])
+        self.padding_k = torch.stack([k[0] for k, _ in projections])
+        self.padding_v = torch.stack([v[0] for _, v in projections])
 
     def context(self, mel: Tensor) -> tuple[Tensor, Tensor]:
         """Log-Mel [B, n_mels, frames] -> what the decoder reads of it (audio_context)."""
@@ -336,11 +349,13 @@ class WhisperModel(nn.Module):
             return self.decoder.cross_kv(encoded)
         frames = encoded.shape[1]
         plan = None if probes is None else self.encoder.interpolation(frames)
-        keys, values = self.decoder.cross_kv(encoded if probes is None else torch.cat([encoded, probes], 1))
-        return tuple(torch.cat([own[:, :, :, :frames], self.encoder.padding(padding.to(own.dtype),
-                                                                              own[:, :, :, frames:], frames, plan)],
-                               dim=3)
-                     for own, padding in ((keys, self.padding_k), (values, self.padding_v)))
+        own = self.decoder.cross_projections(encoded if probes is None else torch.cat([encoded, probes], 1))
+        # Layer by layer in [B, T, D], as the encoder's own keys: each tensor small enough to stay in cache between
+        # the passes (all layers' heads at once, [L, B, H, T, dh], took three times as long).
+        pad = self.encoder.padded
+        return self.decoder.split_cross([(pad(k, self.padding_k[layer], frames, plan),
+                                          pad(v, self.padding_v[layer], frames, plan))
+                                         for layer, (k, v) in enumerate(own)])
 
 
 def from_checkpoint(ckpt: Checkpoint) -> WhisperModel:

@@ -48,7 +48,7 @@ def add_transcribe_parser(commands) -> None:
     tr = commands.add_parser("transcribe", help="transcribe audio files",
                              description="Transcribe audio files (any format soundfile reads, any sample rate).")
     tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    add_model_arguments(tr)
+    add_model_arguments(tr, files=True)
     tr.add_argument("--format", choices=FORMATS, default="txt", help="output format (default: %(default)s)")
     tr.add_argument("--output", type=Path, metavar="DIR", help="write FILE's stem + .FORMAT into DIR instead of stdout")
     tr.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -208,9 +208,9 @@ def interrupt_on_termination() -> None:
 
 def _bundle(args) -> Path:
     """--bundle, else --model compiled into the user cache on first use."""
-    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, cached_bundle
+    from edge_asr.runtime.bundle_cache import cached_bundle
 
-    return args.bundle or cached_bundle(args.model or DEFAULT_MODEL, args.precision)
+    return args.bundle or cached_bundle(args.model or args.default_model, args.precision)
 
 
 def _transcribe(args) -> int:

@@ -37,18 +37,22 @@ def beam_size(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which model (zoo name, checkpoint or bundle) and how to decode with it: every command that transcribes."""
+def add_model_arguments(parser: argparse.ArgumentParser, files: bool = False) -> None:
+    """Which model (zoo name, checkpoint or bundle) and how to decode with it: every command that transcribes.
+    ``files``: the command transcribes files, whose default model is the length-adaptive one."""
     from edge_asr.runtime.bundle import PRECISIONS
-    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION
+    from edge_asr.runtime.bundle_cache import DEFAULT_MODEL, DEFAULT_PRECISION, FILE_MODEL
 
+    why = (f"{FILE_MODEL}, tiny.en's weights reading each window's audio against a cached and probed 30 s padding: "
+           "tiny.en's words on files in 0.54-0.59x the time; --model tiny.en for stock Whisper" if files else
+           f"{DEFAULT_MODEL}: live streams, whose stock windows are 15 s, and servers run no faster with "
+           f"{FILE_MODEL}, the default of `transcribe`")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo name (tiny.en, base, tiny.en-adaptive), student delta or checkpoint path, "
-                        f"compiled once into the user cache (default: {DEFAULT_MODEL}; tiny.en-adaptive, tiny.en "
-                        "reading its audio against a cached and probed 30 s padding, writes tiny.en's words on files "
-                        "in two thirds of the time, but live streams, whose stock windows are 15 s, run slower with "
-                        "it: README, \"Length-adaptive tiny.en\")")
+    source.add_argument("--model", help="zoo name (tiny.en, base, tiny.en-adaptive), student delta or checkpoint "
+                        f"path, compiled once into the user cache (default: {why}; README, \"Length-adaptive "
+                        "tiny.en\")")
     source.add_argument("--bundle", type=Path, help="a bundle directory made by `edge-asr compile`")
+    parser.set_defaults(default_model=FILE_MODEL if files else DEFAULT_MODEL)  # --model left out (cli.py, _bundle)
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="precision when compiling --model on first use (default: %(default)s)")
     parser.add_argument("--beam", type=beam_size, default=1, metavar="N",

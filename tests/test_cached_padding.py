@@ -112,6 +112,12 @@ def test_probes_start_at_the_padding_and_are_interpolated_linearly():
     assert padding[0] == 0 and padding[5] == 0.5 and padding[10] == 1
     assert torch.allclose(padding[-5:], torch.tensor([147, 147.25, 147.5, 147.75, 148]))  # 1495 to 1499
     assert model.encoder.padding(cached, probed[:1], N_FRAMES // 2, full).shape == (0, 1)
+    # A last step as long as the others (1499 is 29 + 147 * 10): the last probe stands a whole spacing on.
+    even = model.encoder.interpolation(29)
+    assert even.at.tolist() == [*range(29, 1499, 10), 1499]
+    padding = model.encoder.padding(cached, probed[:148], 29, even)[:, 0]
+    assert padding.shape == (N_FRAMES // 2 - 29,) and padding[3] == pytest.approx(0.3)
+    assert torch.allclose(padding[-3:], torch.tensor([146.8, 146.9, 147]))
 
 
 def test_the_policy_travels_and_pads_with_openais_zeros():

@@ -14,7 +14,7 @@ from edge_asr.models.wer import normalise
 
 
 def test_first_use_compiles_the_default_model_once_and_says_so(first_run, model_cache, jfk_wav):
-    assert "compiling tiny.en" in first_run.stderr
+    assert "compiling tiny.en-adaptive" in first_run.stderr  # transcribe's default
     again = run_cli("transcribe", "--no-progress", jfk_wav, env={"EDGE_ASR_CACHE": str(model_cache)})
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
