@@ -184,7 +184,8 @@ def measure_in_child(spec: BenchSpec) -> dict:
     if proc.returncode != 0:
         raise BenchError(f"the {spec.system} run failed (exit status {proc.returncode}); its error is above.")
     run = json.loads(out)
-    run["peak_rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
+    own = run.pop("own_peak_rss_mb", None)
+    run["peak_rss_mb"] = own if own is not None else usage.ru_maxrss / 1024  # kilobytes on Linux
     run["gpu_peak_mb"] = gpu.peak_mb
     return run
 

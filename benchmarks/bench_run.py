@@ -13,6 +13,7 @@ short silences, into one StreamRecognizer each (benchmarks/realtime_play.py).
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -237,10 +239,23 @@ def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float
     }
 
 
+def own_peak_rss_mb() -> float | None:
+    """This process's peak resident memory since it started this program (Linux: VmHWM), or None elsewhere.
+
+    Not getrusage: Linux carries the maximum RSS across exec, so a child of a parent that had just compiled a
+    bundle (torch loaded, 1.4 GB) reported the parent's peak as its own."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
 def main() -> int:
     spec = BenchSpec.from_json(sys.stdin.read())
     try:
-        print(json.dumps(measure(spec)))
+        print(json.dumps({**measure(spec), "own_peak_rss_mb": own_peak_rss_mb()}))
     except EdgeAsrError as err:
         print(f"edge-asr bench: {spec.system}: {err}", file=sys.stderr)
         return 1

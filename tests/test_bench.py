@@ -216,3 +216,17 @@ def test_bench_stream_mode_reports_latency_per_stream(tiny_bundle, tmp_path):
     assert edge["audio_s"] == pytest.approx(2 * 12.5, abs=0.05)
     assert sum(c["seconds"] for c in edge["clips"]) == pytest.approx(edge["seconds"])
     assert "p50 ms" in (out / "bench.md").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+    """A bench child of a parent that just compiled a bundle reported the parent's 1.4 GB (Linux keeps the maximum
+    RSS across exec); the child's own VmHWM does not carry it."""
+    import subprocess
+    import sys
+
+    child = ("import subprocess, sys, numpy; big = numpy.ones(300_000_000 // 8); "  # the parent: 300 MB touched
+             "print(subprocess.run([sys.executable, '-c', 'from edge_asr.benchmarks.bench_run import own_peak_rss_mb; "
+             "print(own_peak_rss_mb())'], capture_output=True, text=True, check=True).stdout)")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert 0 < float(done.stdout) < 150  # 32 MB here; getrusage in the same child said 313
