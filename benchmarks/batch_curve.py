@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,21 @@ BATCHES = {"encode": (1, 2, 4), "prompt": (1, 2, 4, 8), "step": (1, 2, 4, 8, 16)
 WARMUP = 2
 
 
+@dataclass(frozen=True)
+class CurvePoint:
+    """One kind of engine call (encode, prompt, step) at one batch size: the median milliseconds a call and a
+    row, and a row's cost against a lone row's call (below 1: batching pays)."""
+
+    op: str
+    batch: int
+    ms_per_call: float
+    ms_per_row: float
+    row_cost: float
+
+
 def measure(engine, frames: int, prompt_tokens: int, batches: dict[str, tuple[int, ...]], repeats: int,
-            progress: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """One row per (kind, batch): the median milliseconds a call and a row, and a row's cost against batch 1.
+            progress: Callable[[str], None] = lambda line: None) -> list[CurvePoint]:
+    """One CurvePoint per (kind, batch); each kind's sizes include 1, which its row costs are against.
 
     The points are timed in rounds, one call of each per round, so that a slow spell of the machine
     (a shared VM's neighbours) spreads over every point instead of skewing the few timed during it."""
@@ -65,14 +78,9 @@ def measure(engine, frames: int, prompt_tokens: int, batches: dict[str, tuple[in
             if round_ >= WARMUP:
                 times[op, batch].append(time.perf_counter() - started)
         progress(f"round {round_ + 1} of {WARMUP + repeats}")
-    results = []
-    for (op, batch), seconds in times.items():
-        median = statistics.median(seconds)
-        results.append({"op": op, "batch": batch, "ms_per_call": 1000 * median, "ms_per_row": 1000 * median / batch})
-    for row in results:
-        alone = next(r for r in results if r["op"] == row["op"] and r["batch"] == 1)
-        row["row_cost"] = row["ms_per_row"] / alone["ms_per_row"]
-    return results
+    ms = {point: 1000 * statistics.median(seconds) for point, seconds in times.items()}
+    return [CurvePoint(op, batch, ms[op, batch], ms[op, batch] / batch, ms[op, batch] / batch / ms[op, 1])
+            for op, batch in ms]
 
 
 def encoder_repeats(repeats: int) -> int:
@@ -98,16 +106,16 @@ def _call(engine, op: str, batch: int, mel: np.ndarray, lone, tokens: np.ndarray
     return lambda: engine.decode(step_tokens, at, cache, audio, np.zeros((batch, 1), np.int64))
 
 
-def serving_bound(results: list[dict], loadtest: dict) -> dict | None:
+def serving_bound(results: list[CurvePoint], loadtest: dict) -> dict | None:
     """The load test's busiest trial with an engine split, and what steps of each batch size would save."""
     trials = [t for t in loadtest.get("trials", []) if t.get("engine")]
     if not trials:
         return None
     trial = max(trials, key=lambda t: t["streams"])
     share = trial["engine"]["share"]["step"]
-    steps = [r for r in results if r["op"] == "step"]
+    steps = [r for r in results if r.op == "step"]
     return {"streams": trial["streams"], "step_share": share, "rows_per_step": trial["engine"]["rows_per_step"],
-            "saving_at": {r["batch"]: share * (1 - r["row_cost"]) for r in steps}}
+            "saving_at": {r.batch: share * (1 - r.row_cost) for r in steps}}
 
 
 def markdown(doc: dict) -> str:
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": machine_record(),
            "settings": {"bundle": str(args.bundle), "threads": args.threads, "seconds": args.seconds, "frames": frames,
                         "prompt_tokens": args.prompt_tokens, "repeats": args.repeats},
-           "results": results, "serving_bound": serving_bound(results, loadtest) if loadtest else None}
+           "results": [asdict(r) for r in results], "serving_bound": serving_bound(results, loadtest) if loadtest else None}
     print(markdown(doc))
     if args.json:
         write_json(doc, args.json)

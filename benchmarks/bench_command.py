@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
 import sys
 import threading
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from edge_asr.runtime.cli_args import positive_int
 from edge_asr.runtime.errors import EdgeAsrError
 
 if TYPE_CHECKING:
-    from edge_asr.benchmarks.bench_run import BenchSpec
+    from edge_asr.benchmarks.bench_run import BenchRun, BenchSpec
 
 MODES = ("offline", "stream")
 REGRESSION_EXIT = 3
@@ -170,8 +170,10 @@ def _peer_specs(spec: BenchSpec, manifest: dict, args) -> list[BenchSpec]:
     return peers
 
 
-def measure_in_child(spec: BenchSpec) -> dict:
+def measure_in_child(spec: BenchSpec) -> BenchRun:
     """The run's figures from a child process, with its peak RSS (and GPU memory, when it used any)."""
+    from edge_asr.benchmarks.bench_run import BenchRun
+
     command = [sys.executable, "-m", "edge_asr.benchmarks.bench_run"]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     gpu = GpuMemoryWatch(proc.pid)
@@ -183,11 +185,9 @@ def measure_in_child(spec: BenchSpec) -> dict:
     gpu.stop()
     if proc.returncode != 0:
         raise BenchError(f"the {spec.system} run failed (exit status {proc.returncode}); its error is above.")
-    run = json.loads(out)
-    own = run.pop("own_peak_rss_mb", None)
-    run["peak_rss_mb"] = own if own is not None else usage.ru_maxrss / 1024  # kilobytes on Linux
-    run["gpu_peak_mb"] = gpu.peak_mb
-    return run
+    run = BenchRun.from_json(out)
+    peak_rss_mb = run.peak_rss_mb if run.peak_rss_mb is not None else usage.ru_maxrss / 1024  # kilobytes on Linux
+    return replace(run, peak_rss_mb=peak_rss_mb, gpu_peak_mb=gpu.peak_mb)
 
 
 class GpuMemoryWatch:
@@ -213,16 +213,16 @@ class GpuMemoryWatch:
         self._thread.join()
 
 
-def document(spec: BenchSpec, manifest: dict, bundle: Path, runs: list[dict], clips, args) -> dict:
+def document(spec: BenchSpec, manifest: dict, bundle: Path, runs: list[BenchRun], clips, args) -> dict:
     from edge_asr.benchmarks.machine import machine_record
     from edge_asr.benchmarks.report import SCHEMA
 
     edge = runs[0]
     ratios = {}
     for peer in runs[1:]:
-        wer_points = edge["wer"] - peer["wer"] if edge["wer"] is not None and peer["wer"] is not None else None
-        ratios[peer["system"]] = {"seconds": edge["seconds"] / peer["seconds"],
-                                  "peak_rss": edge["peak_rss_mb"] / peer["peak_rss_mb"], "wer_points": wer_points}
+        wer_points = edge.wer - peer.wer if edge.wer is not None and peer.wer is not None else None
+        ratios[peer.system] = {"seconds": edge.seconds / peer.seconds,
+                               "peak_rss": edge.peak_rss_mb / peer.peak_rss_mb, "wer_points": wer_points}
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -233,8 +233,8 @@ def document(spec: BenchSpec, manifest: dict, bundle: Path, runs: list[dict], cl
                    "files_sha256": {f["path"]: f["sha256"] for f in manifest["files"].values()},
                    "source_sha256": manifest.get("source", {}).get("sha256")},
         "settings": {"mode": spec.mode, "clip_set": str(args.clips) if args.clips else "developer",
-                     "clips": len(clips), "audio_s": runs[0]["audio_s"], "threads": spec.threads,
+                     "clips": len(clips), "audio_s": edge.audio_s, "threads": spec.threads,
                      "warmup": spec.warmup, "repeats": spec.repeats, "streams": spec.streams, "power": spec.power},
-        "runs": runs,
+        "runs": [asdict(run) for run in runs],
         "ratios": ratios,
     }

@@ -2,9 +2,9 @@
 
 `edge-asr bench` starts `python -m edge_asr.benchmarks.bench_run` once per system with a JSON
 `BenchSpec` on stdin. The child loads the system (timed), warms it up, times `repeats` passes over the
-clips with the power samplers recording, and prints one run of the result document (see
-benchmarks/report.py) as JSON on stdout; the parent adds the peak memory from the child's rusage.
-Progress goes to stderr.
+clips with the power samplers recording, and prints one run of the result document (a `BenchRun`, see
+benchmarks/report.py) as JSON on stdout with its own peak memory; the parent adds the GPU's, and the
+child's rusage where the child could not tell. Progress goes to stderr.
 
 Offline mode transcribes each clip as `edge-asr transcribe` does; with `streams` above 1, that many
 threads share the one engine. Stream mode plays `streams` real-time streams of the clips, joined by
@@ -19,15 +19,15 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from edge_asr.models.clips import Clip
-from edge_asr.benchmarks.power import PowerRecording, choose
-from edge_asr.benchmarks.report import latency_figures
+from edge_asr.benchmarks.power import PowerRecording, PowerSummary, choose
+from edge_asr.benchmarks.report import LatencyFigures, latency_figures
 from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE, load_audio
 from edge_asr.runtime.errors import EdgeAsrError
@@ -191,7 +191,63 @@ def stream_pass(transcriber, options, vads: list, audio: list[np.ndarray]) -> Pa
                 [f.latency_s for f in playback.finals], playback.kept_up)
 
 
-def measure(spec: BenchSpec) -> dict:
+@dataclass(frozen=True)
+class ClipFigures:
+    """One row of a run: a clip (offline) or a stream (stream mode), its median time and its last words."""
+
+    name: str
+    audio_s: float
+    seconds: float
+    rtf: float
+    text: str
+    reference: str | None
+    wer: float | None
+
+
+@dataclass
+class RunPower(PowerSummary):
+    """A power source's summary over the timed passes, with the joules it took per second of audio."""
+
+    joules_per_audio_s: float | None
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One system's figures over the clip set; asdict() gives a run of the result document (report.py).
+    The child states its own peak RSS where /proc tells it; the parent fills in the rest of the memory
+    figures from outside (bench_command.measure_in_child)."""
+
+    system: str
+    config: str
+    audio_s: float
+    seconds: float
+    rtf: float
+    repeat_seconds: list[float]
+    load_s: float
+    encoder_s: float | None
+    decoder_s: float | None
+    tokens: int | None
+    tokens_per_s: float | None
+    peak_rss_mb: float | None
+    gpu_peak_mb: float | None
+    wer: float | None
+    clips: list[ClipFigures]
+    latency: LatencyFigures | None
+    power: list[RunPower]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchRun":
+        fields = json.loads(text)
+        fields["clips"] = [ClipFigures(**c) for c in fields["clips"]]
+        fields["latency"] = LatencyFigures(**fields["latency"]) if fields["latency"] else None
+        fields["power"] = [RunPower(**p) for p in fields["power"]]
+        return cls(**fields)
+
+
+def measure(spec: BenchSpec) -> BenchRun:
     """Load, warm up and time the system; the run's figures as the result document states them."""
     samplers, unavailable = choose(spec.power)
     log(f"{spec.system}: loading")
@@ -211,32 +267,31 @@ def measure(spec: BenchSpec) -> dict:
     return figures(spec, subject, passes, load_s, power.summaries() + unavailable)
 
 
-def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float, power: list) -> dict:
+def figures(spec: BenchSpec, subject: Subject, passes: list[Pass], load_s: float, power: list) -> BenchRun:
     """The run as the result document states it: medians over the passes, texts of the last one."""
     audio_s, seconds, last = sum(subject.audio_s), statistics.median(p.seconds for p in passes), passes[-1]
     rows = []
     for i, (name, reference) in enumerate(zip(subject.names, subject.references, strict=True)):
         row_seconds = statistics.median(p.clip_seconds[i] for p in passes)
-        rows.append({"name": name, "audio_s": subject.audio_s[i], "seconds": row_seconds,
-                     "rtf": row_seconds / subject.audio_s[i], "text": last.texts[i], "reference": reference,
-                     "wer": corpus_wer([(reference, last.texts[i])]) if reference else None})
+        rows.append(ClipFigures(name, subject.audio_s[i], row_seconds, row_seconds / subject.audio_s[i], last.texts[i],
+                                reference, corpus_wer([(reference, last.texts[i])]) if reference else None))
     engine = subject.engine
     encoder_s = engine.encoder_seconds / len(passes) if engine is not None else None
     decoder_s = engine.decoder_seconds / len(passes) if engine is not None else None
     tokens = last.tokens or None  # stream passes do not count them
     latencies = [value for p in passes for value in p.latencies]
-    return {
-        "system": spec.system, "config": spec.config, "audio_s": audio_s, "seconds": seconds,
-        "rtf": seconds / audio_s, "repeat_seconds": [p.seconds for p in passes], "load_s": load_s,
-        "encoder_s": encoder_s, "decoder_s": decoder_s, "tokens": tokens,
-        "tokens_per_s": tokens / decoder_s if tokens and decoder_s else None,
-        "peak_rss_mb": None, "gpu_peak_mb": None,
-        "wer": corpus_wer(list(zip(subject.references, last.texts, strict=True))) if all(subject.references) else None,
-        "clips": rows,
-        "latency": latency_figures(latencies, all(p.kept_up for p in passes)) if spec.mode == "stream" else None,
-        "power": [summary.to_dict() | {"joules_per_audio_s": summary.per_audio_second(audio_s * len(passes))}
-                  for summary in power],
-    }
+    return BenchRun(
+        system=spec.system, config=spec.config, audio_s=audio_s, seconds=seconds,
+        rtf=seconds / audio_s, repeat_seconds=[p.seconds for p in passes], load_s=load_s,
+        encoder_s=encoder_s, decoder_s=decoder_s, tokens=tokens,
+        tokens_per_s=tokens / decoder_s if tokens and decoder_s else None,
+        peak_rss_mb=None, gpu_peak_mb=None,
+        wer=corpus_wer(list(zip(subject.references, last.texts, strict=True))) if all(subject.references) else None,
+        clips=rows,
+        latency=latency_figures(latencies, all(p.kept_up for p in passes)) if spec.mode == "stream" else None,
+        power=[RunPower(**summary.to_dict(), joules_per_audio_s=summary.per_audio_second(audio_s * len(passes)))
+               for summary in power],
+    )
 
 
 def own_peak_rss_mb() -> float | None:
@@ -255,7 +310,7 @@ def own_peak_rss_mb() -> float | None:
 def main() -> int:
     spec = BenchSpec.from_json(sys.stdin.read())
     try:
-        print(json.dumps({**measure(spec), "own_peak_rss_mb": own_peak_rss_mb()}))
+        print(replace(measure(spec), peak_rss_mb=own_peak_rss_mb()).to_json())
     except EdgeAsrError as err:
         print(f"edge-asr bench: {spec.system}: {err}", file=sys.stderr)
         return 1

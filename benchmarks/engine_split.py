@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from edge_asr.runtime.engines.timed import ENGINE_OPS
@@ -42,21 +43,36 @@ def scrape_engine(ws_url: str, token: str | None) -> dict[str, dict[str, float]]
         return None
 
 
-def engine_split(before: dict | None, after: dict | None, wall_s: float) -> dict | None:
-    """The trial's share of engine time by kind, the engine's busy share of the wall time, and the rows
-    a decoder step and an encoder call carried; None when either scrape failed."""
+@dataclass(frozen=True)
+class EngineSplit:
+    """A trial's engine time, calls and rows by kind of call (ENGINE_OPS), each kind's share of that time,
+    the engine's busy share of the wall time, and the rows a decoder step and an encoder call carried;
+    None where there was nothing to divide by. asdict() gives a load-test trial's "engine"."""
+
+    seconds: dict[str, float]
+    calls: dict[str, int]
+    rows: dict[str, int]
+    share: dict[str, float | None]
+    busy: float | None
+    rows_per_step: float | None
+    rows_per_encode: float | None
+    ms_per_step_row: float | None
+
+
+def engine_split(before: dict | None, after: dict | None, wall_s: float) -> EngineSplit | None:
+    """Where the engine time between two scrapes went; None when either scrape failed."""
     if not before or not after or any(op not in before or op not in after for op in ENGINE_OPS):
         return None
     delta = {op: {k: after[op][k] - before[op].get(k, 0.0) for k in after[op]} for op in ENGINE_OPS}
     total = sum(d["seconds"] for d in delta.values())
     steps = delta["step"]
-    return {
-        "seconds": {op: d["seconds"] for op, d in delta.items()},
-        "calls": {op: int(d["calls"]) for op, d in delta.items()},
-        "rows": {op: int(d["rows"]) for op, d in delta.items()},
-        "share": {op: d["seconds"] / total if total > 0 else None for op, d in delta.items()},
-        "busy": total / wall_s if wall_s > 0 else None,
-        "rows_per_step": steps["rows"] / steps["calls"] if steps["calls"] else None,
-        "rows_per_encode": delta["encode"]["rows"] / delta["encode"]["calls"] if delta["encode"]["calls"] else None,
-        "ms_per_step_row": 1000 * steps["seconds"] / steps["rows"] if steps["rows"] else None,
-    }
+    return EngineSplit(
+        seconds={op: d["seconds"] for op, d in delta.items()},
+        calls={op: int(d["calls"]) for op, d in delta.items()},
+        rows={op: int(d["rows"]) for op, d in delta.items()},
+        share={op: d["seconds"] / total if total > 0 else None for op, d in delta.items()},
+        busy=total / wall_s if wall_s > 0 else None,
+        rows_per_step=steps["rows"] / steps["calls"] if steps["calls"] else None,
+        rows_per_encode=delta["encode"]["rows"] / delta["encode"]["calls"] if delta["encode"]["calls"] else None,
+        ms_per_step_row=1000 * steps["seconds"] / steps["rows"] if steps["rows"] else None,
+    )

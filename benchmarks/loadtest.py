@@ -34,18 +34,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edge_asr.benchmarks.bench_command import require_scoring
 from edge_asr.models.clips import Clip, developer_clips, folder_clips
-from edge_asr.benchmarks.engine_split import engine_split, scrape_engine
+from edge_asr.benchmarks.engine_split import EngineSplit, engine_split, scrape_engine
 from edge_asr.benchmarks.loadtest_command import DESCRIPTION, add_arguments
 from edge_asr.benchmarks.machine import machine_record
 from edge_asr.benchmarks.realtime_play import KEPT_UP_LAG_S, rotated_streams
-from edge_asr.benchmarks.report import (LATENCY_COLUMNS, MISSING, Column, format_number, latency_figures, markdown_table,
-                                        write_json)
+from edge_asr.benchmarks.report import (LATENCY_COLUMNS, MISSING, Column, LatencyFigures, format_number, latency_figures,
+                                        markdown_table, write_json)
 from edge_asr.models.wer import corpus_wer
 from edge_asr.runtime.audio import SAMPLE_RATE
 from edge_asr.runtime.engines.timed import ENGINE_OPS
@@ -141,11 +141,11 @@ def loadtest(plan: LoadtestPlan) -> dict:
         print(f"loadtest: warming the server up with one stream of {WARM_UP_S:g} s (not measured)", file=sys.stderr)
         play_trial(url, plan.token, stream_plan(plan.clips, 1, WARM_UP_S), chunk)
 
-        def measure(count: int) -> dict:
+        def measure(count: int) -> Trial:
             before, started = scrape_engine(url, plan.token), time.monotonic()
             streams = play_trial(url, plan.token, stream_plan(plan.clips, count, plan.seconds), chunk)
-            trial = trial_figures(streams, plan.max_p90_s)
-            trial["engine"] = engine_split(before, scrape_engine(url, plan.token), time.monotonic() - started)
+            engine = engine_split(before, scrape_engine(url, plan.token), time.monotonic() - started)
+            trial = trial_figures(streams, plan.max_p90_s, engine)
             print(f"loadtest: {_trial_line(trial)}", file=sys.stderr, flush=True)
             return trial
 
@@ -316,61 +316,102 @@ async def _receive(ws, stream: StreamRun, started: float) -> float | None:
 
 # --- figures -------------------------------------------------------------------------------------------
 
-def trial_figures(streams: list[StreamRun], max_p90_s: float) -> dict:
-    """One run of N streams: the latency of all finals, the worst stream, fairness, WER, who kept up."""
+@dataclass(frozen=True)
+class StreamFigures:
+    """What one stream of a trial got: its finals' latency, its words and their WER, and whether it kept up."""
+
+    stream: int
+    audio_s: float
+    finals: int
+    latency: LatencyFigures | None
+    wer: float | None
+    text: str
+    reference: str | None
+    partials: int
+    errors: list[str]
+    closed_after_s: float | None
+    closed_reason: str | None
+    client_lag_s: float
+    kept_up: bool
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of N streams: the latency of all finals, the worst stream, fairness, WER, who kept up, why it
+    failed, and where the server's engine time went (None from a server that does not publish it).
+    asdict() gives the trial as the document (SCHEMA) states it."""
+
+    streams: int
+    audio_s: float
+    finals: int
+    latency: LatencyFigures | None
+    worst_stream_p90_s: float | None
+    # Jain's index: 1 when every stream waits as long as the others, 1/N when one stream gets all the delay.
+    jain_mean_latency: float | None
+    p90_max_over_min: float | None
+    wer: float | None
+    kept_up: int
+    client_behind: int
+    partials: int
+    errors: int
+    per_stream: list[StreamFigures]
+    failures: list[str]
+    passes: bool
+    engine: EngineSplit | None
+
+
+def trial_figures(streams: list[StreamRun], max_p90_s: float, engine: EngineSplit | None) -> Trial:
+    """The figures of one run of N streams, which passes with a p90 within max_p90_s and every stream kept up."""
     rows = [_stream_figures(s) for s in streams]
     latency = latency_figures([x for s in streams for x in s.latencies], all(s.kept_up for s in streams))
-    p90s = [r["latency"]["p90_s"] for r in rows if r["latency"]]
+    p90s = [r.latency.p90_s for r in rows if r.latency]
     means = [statistics.fmean(s.latencies) for s in streams if s.latencies]
     scored = [(s.reference, s.text) for s in streams]
-    trial = {
-        "streams": len(streams), "audio_s": statistics.fmean(s.audio_s for s in streams),
-        "finals": sum(len(s.latencies) for s in streams), "latency": latency,
-        "worst_stream_p90_s": max(p90s, default=None),
-        # Jain's index: 1 when every stream waits as long as the others, 1/N when one stream gets all the delay.
-        "jain_mean_latency": sum(means) ** 2 / (len(means) * sum(m * m for m in means)) if any(means) else None,
-        "p90_max_over_min": max(p90s) / min(p90s) if p90s and min(p90s) > 0 else None,
-        "wer": corpus_wer(scored) if all(reference for reference, _ in scored) else None,
-        "kept_up": sum(s.kept_up for s in streams), "client_behind": sum(not s.client_kept_up for s in streams),
-        "partials": sum(s.partials for s in streams), "errors": sum(len(s.errors) for s in streams),
-        "per_stream": rows,
-    }
-    trial["failures"] = _failures(trial, max_p90_s)
-    trial["passes"] = not trial["failures"]
-    return trial
+    kept_up, client_behind = sum(s.kept_up for s in streams), sum(not s.client_kept_up for s in streams)
+    failures = _failures(len(streams), latency, kept_up, client_behind, max_p90_s)
+    return Trial(
+        streams=len(streams), audio_s=statistics.fmean(s.audio_s for s in streams),
+        finals=sum(len(s.latencies) for s in streams), latency=latency, worst_stream_p90_s=max(p90s, default=None),
+        jain_mean_latency=sum(means) ** 2 / (len(means) * sum(m * m for m in means)) if any(means) else None,
+        p90_max_over_min=max(p90s) / min(p90s) if p90s and min(p90s) > 0 else None,
+        wer=corpus_wer(scored) if all(reference for reference, _ in scored) else None,
+        kept_up=kept_up, client_behind=client_behind,
+        partials=sum(s.partials for s in streams), errors=sum(len(s.errors) for s in streams),
+        per_stream=rows, failures=failures, passes=not failures, engine=engine,
+    )
 
 
-def _stream_figures(stream: StreamRun) -> dict:
-    return {"stream": stream.index, "audio_s": stream.audio_s, "finals": len(stream.latencies),
-            "latency": latency_figures(stream.latencies, stream.kept_up),
-            "wer": corpus_wer([(stream.reference, stream.text)]) if stream.reference else None,
-            "text": stream.text, "reference": stream.reference, "partials": stream.partials, "errors": stream.errors,
-            "closed_after_s": stream.closed_after_s, "closed_reason": stream.closed_reason,
-            "client_lag_s": stream.client_lag_s, "kept_up": stream.kept_up}
+def _stream_figures(stream: StreamRun) -> StreamFigures:
+    return StreamFigures(stream.index, stream.audio_s, len(stream.latencies),
+                         latency_figures(stream.latencies, stream.kept_up),
+                         corpus_wer([(stream.reference, stream.text)]) if stream.reference else None,
+                         stream.text, stream.reference, stream.partials, stream.errors, stream.closed_after_s,
+                         stream.closed_reason, stream.client_lag_s, stream.kept_up)
 
 
-def _failures(trial: dict, max_p90_s: float) -> list[str]:
-    failures, n = [], trial["streams"]
-    if trial["latency"] is None:
+def _failures(n: int, latency: LatencyFigures | None, kept_up: int, client_behind: int, max_p90_s: float) -> list[str]:
+    """Why a trial of n streams fails; none when it passes."""
+    failures = []
+    if latency is None:
         failures.append("no finals")
-    elif trial["latency"]["p90_s"] > max_p90_s:
-        failures.append(f"p90 {trial['latency']['p90_s']:.2f} s > {max_p90_s:g} s")
-    if trial["kept_up"] < n:
-        failures.append(f"{n - trial['kept_up']}/{n} streams did not keep up")
-    if trial["client_behind"]:
-        failures.append(f"the client itself fell behind on {trial['client_behind']} (machine saturated?)")
+    elif latency.p90_s > max_p90_s:
+        failures.append(f"p90 {latency.p90_s:.2f} s > {max_p90_s:g} s")
+    if kept_up < n:
+        failures.append(f"{n - kept_up}/{n} streams did not keep up")
+    if client_behind:
+        failures.append(f"the client itself fell behind on {client_behind} (machine saturated?)")
     return failures
 
 
-def find_max(measure: Callable[[int], dict], limit: int) -> tuple[list[dict], int]:
+def find_max(measure: Callable[[int], Trial], limit: int) -> tuple[list[Trial], int]:
     """The trials run and the largest N whose trial passes: N doubles from 1 until a trial fails or N
     reaches limit, then the gap between the last pass and the first failure is bisected. This assumes
     that more streams never do better, and runs each N once."""
-    trials: list[dict] = []
+    trials: list[Trial] = []
 
     def passes(n: int) -> bool:
         trials.append(measure(n))
-        return trials[-1]["passes"]
+        return trials[-1].passes
 
     good, bad = 0, None
     while bad is None and good < limit:
@@ -446,7 +487,7 @@ class _ServerLog:
 
 # --- the report ----------------------------------------------------------------------------------------
 
-def document(plan: LoadtestPlan, url: str, trials: list[dict], found: int | None) -> dict:
+def document(plan: LoadtestPlan, url: str, trials: list[Trial], found: int | None) -> dict:
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -456,7 +497,7 @@ def document(plan: LoadtestPlan, url: str, trials: list[dict], found: int | None
                      "clip_set": plan.clip_set, "clips": len(plan.clips),
                      "seconds": plan.seconds, "chunk_ms": plan.chunk_ms, "stagger_s": STAGGER_S,
                      "max_p90_s": plan.max_p90_s, "close_within_s": CLOSE_WITHIN_S, "client_lag_limit_s": KEPT_UP_LAG_S},
-        "trials": trials,
+        "trials": [asdict(trial) for trial in trials],
         "find_max": {"streams": found, "max_streams_to_try": plan.max_streams_to_try} if found is not None else None,
     }
 
@@ -469,10 +510,10 @@ def _server_settings(plan: LoadtestPlan) -> dict:
     return dict.fromkeys(settings) if plan.url else settings
 
 
-def _trial_line(trial: dict) -> str:
-    verdict = "pass" if trial["passes"] else "fail: " + "; ".join(trial["failures"])
-    return (f"{trial['streams']} streams: p90 {_ms((trial['latency'] or {}).get('p90_s'))} ms, "
-            f"{trial['kept_up']}/{trial['streams']} kept up: {verdict}")
+def _trial_line(trial: Trial) -> str:
+    verdict = "pass" if trial.passes else "fail: " + "; ".join(trial.failures)
+    return (f"{trial.streams} streams: p90 {_ms(trial.latency.p90_s if trial.latency else None)} ms, "
+            f"{trial.kept_up}/{trial.streams} kept up: {verdict}")
 
 
 def _ms(seconds: float | None) -> str:

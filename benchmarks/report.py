@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,24 @@ def _latency(key: str) -> Callable[[dict], str]:
 LATENCY_COLUMNS: list[Column] = [(f"{p} ms", _latency(f"{p}_s")) for p in ("p50", "p90", "p99")]
 
 
-def latency_figures(values: list[float], kept_up: bool) -> dict | None:
+@dataclass(frozen=True)
+class LatencyFigures:
+    """Percentiles of the latencies from end of speech to final text, and whether the streams kept up with
+    real time (the latencies mean little where they did not); asdict() gives a document's "latency"."""
+
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    max_s: float
+    values_s: list[float]
+    kept_up: bool
+
+
+def latency_figures(values: list[float], kept_up: bool) -> LatencyFigures | None:
     if not values:
         return None
-    return {"p50_s": float(np.percentile(values, 50)), "p90_s": float(np.percentile(values, 90)),
-            "p99_s": float(np.percentile(values, 99)), "max_s": max(values), "values_s": values, "kept_up": kept_up}
+    return LatencyFigures(float(np.percentile(values, 50)), float(np.percentile(values, 90)),
+                          float(np.percentile(values, 99)), max(values), values, kept_up)
 
 
 def _kept_up(run: dict) -> str:

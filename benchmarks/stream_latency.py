@@ -54,7 +54,7 @@ def latency_run(transcriber: Transcriber, vad: SileroVad, options: StreamOptions
         "encoder_context": options.encoder_context,
         "wer": corpus_wer([(" ".join(references), " ".join(f.text for f in run.finals))]),
         "partials": run.partials, "encoder_calls": engine.encoder_calls, "encoder_seconds": engine.encoder_seconds,
-        **latency,
+        **asdict(latency),
         "finals": [asdict(f) | {"latency_s": f.latency_s} for f in run.finals],
     }
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from edge_asr.benchmarks import batch_curve
+from edge_asr.benchmarks.batch_curve import CurvePoint
 from edge_asr.runtime.transcriber import Transcriber
 
 
@@ -14,17 +15,17 @@ def test_curve_on_the_real_engine(tiny_bundle):
     engine = Transcriber(tiny_bundle, threads=2).engine
     results = batch_curve.measure(engine, frames=400, prompt_tokens=8,
                                   batches={"encode": (1, 2), "prompt": (1, 2), "step": (1, 2, 4)}, repeats=2)
-    assert [(r["op"], r["batch"]) for r in results] == [
+    assert [(r.op, r.batch) for r in results] == [
         ("encode", 1), ("encode", 2), ("prompt", 1), ("prompt", 2), ("step", 1), ("step", 2), ("step", 4)]
     for row in results:
-        assert row["ms_per_call"] > 0 and row["ms_per_row"] == pytest.approx(row["ms_per_call"] / row["batch"])
-        alone = next(r for r in results if r["op"] == row["op"] and r["batch"] == 1)
-        assert row["row_cost"] == pytest.approx(row["ms_per_row"] / alone["ms_per_row"])
+        assert row.ms_per_call > 0 and row.ms_per_row == pytest.approx(row.ms_per_call / row.batch)
+        alone = next(r for r in results if r.op == row.op and r.batch == 1)
+        assert row.row_cost == pytest.approx(row.ms_per_row / alone.ms_per_row)
 
 
 def test_serving_bound_from_the_busiest_trial():
-    results = [{"op": "step", "batch": 1, "row_cost": 1.0}, {"op": "step", "batch": 8, "row_cost": 0.25},
-               {"op": "encode", "batch": 2, "row_cost": 1.1}]
+    results = [CurvePoint("step", 1, 2.0, 2.0, 1.0), CurvePoint("step", 8, 4.0, 0.5, 0.25),
+               CurvePoint("encode", 2, 22.0, 11.0, 1.1)]
     loadtest = {"trials": [
         {"streams": 4, "engine": {"share": {"step": 0.2}, "rows_per_step": 1.0}},
         {"streams": 10, "engine": {"share": {"step": 0.4}, "rows_per_step": 1.5}},

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -172,8 +173,8 @@ def test_find_max_against_latency_that_grows_with_the_streams(tmp_path, serve, c
     (lambda n: False, [1], 0),
 ])
 def test_find_max_doubles_then_bisects(passing, trials, found):
-    tried, answer = find_max(lambda n: {"streams": n, "passes": passing(n)}, 32)
-    assert ([t["streams"] for t in tried], answer) == (trials, found)
+    tried, answer = find_max(lambda n: SimpleNamespace(streams=n, passes=passing(n)), 32)
+    assert ([t.streams for t in tried], answer) == (trials, found)
 
 
 def refused_port() -> int:
@@ -242,9 +243,9 @@ edge_asr_active_streams 2.0
     after = parse_engine_counters(exposition % (8.0, 5.0, 150.0, 300.0))
     assert before["step"] == {"seconds": 1.0, "calls": 100.0, "rows": 100.0}
     split = engine_split(before, after, wall_s=20.0)
-    assert split["seconds"] == {"encode": 6.0, "prompt": 0.0, "step": 4.0}
-    assert split["share"]["encode"] == pytest.approx(0.6) and split["busy"] == pytest.approx(0.5)
-    assert split["rows_per_step"] == 4.0 and split["ms_per_step_row"] == pytest.approx(20.0)
+    assert split.seconds == {"encode": 6.0, "prompt": 0.0, "step": 4.0}
+    assert split.share["encode"] == pytest.approx(0.6) and split.busy == pytest.approx(0.5)
+    assert split.rows_per_step == 4.0 and split.ms_per_step_row == pytest.approx(20.0)
     assert engine_split(None, after, 20.0) is None and parse_engine_counters("edge_asr_active_streams 2.0") == {}
     assert metrics_url("ws://127.0.0.1:8765/") == "http://127.0.0.1:8765/metrics"
     assert metrics_url("wss://asr.example:443/") == "https://asr.example:443/metrics"
