@@ -27,7 +27,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-asr",
         description="Whisper-family speech recognition for edge boards. "
-        "`edge-asr transcribe FILE` transcribes with tiny.en, compiled on first use.",
+        "`edge-asr transcribe FILE` transcribes with tiny.en-adaptive (tiny.en reading only the audio against a cached "
+        "padding), `edge-asr --mic` with tiny.en; each compiled on first use.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     built = set()
