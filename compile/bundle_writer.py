@@ -82,7 +82,7 @@ def compile_bundle(model: str, precision: str | None, out: Path, target: str = "
         else:
             log("exporting the encoder and the decoder to ONNX")
             graphs = {"encoder": export_encoder(torch_model, work / "encoder.fp32.onnx"),
-                      "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx")}
+                      "decoder": export_decoder(torch_model, work / "decoder.fp32.onnx", trim=backend == "onnxruntime")}
             files, extra = _build_engines(graphs, work, target, precision, checkpoint,
                                           database_dir or out.parent / f"{out.name}.tuning", tuning, log)
             if backend == "onnxruntime":  # word timestamps: the other backends do not run this graph yet
