@@ -20,6 +20,7 @@ RUNTIME = [
     "soxr==1.1.0",
     "sounddevice==0.5.6",
     "tokenizers==0.23.3",
+    "threadpoolctl==3.8.0",  # numpy's BLAS held to one thread beside the engine (runtime/threads.py)
 ]
 # silero-vad ships the VAD as ONNX; its only heavy requirement is torch, already pinned here. A lean
 # device install takes it with `pip install --no-deps silero-vad==6.2.3`.

@@ -9,6 +9,12 @@ threads spin after each call: 0.30 ms a window, and a whole core on silence (ben
 So an entry point makes one :class:`Threads`, makes its helpers with it (``SileroVad(threads=...)``), then its
 engine (``Transcriber(bundle, threads=...)``). It refuses in one sentence a helper made after its own engine,
 and an engine of another pool size than the process already has.
+
+numpy's OpenBLAS keeps a pool of its own, one thread a core, whose threads spin after each matrix product (the Mel
+filterbank, once a window) and took the engine's cores from it: with 2 engine threads the tiny.en-adaptive int8
+encoder took 131 ms for a 6.3 s window instead of 50, and a pass over the developer clips 1.45 s instead of 1.04.
+So the engine's first use holds BLAS to one thread for the process (``hold_blas``): the runtime's own products are
+small, and the engine has the cores.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ class Threads:
     """How many threads the engine gets, and the order its onnxruntime sessions are made in (module docstring)."""
 
     _pool_size: ClassVar[int | None] = None  # onnxruntime's shared pool: one per process, sized once
+    _blas_held: ClassVar[bool] = False  # numpy's BLAS held to one thread (hold_blas)
 
     def __init__(self, engine: int | None = None):
         if engine is not None and (not isinstance(engine, int) or isinstance(engine, bool) or engine < 1):
@@ -72,6 +79,15 @@ class Threads:
         options = ort.SessionOptions()
         options.use_per_session_threads = False
         return options
+
+    @classmethod
+    def hold_blas(cls) -> None:
+        """numpy's BLAS (OpenBLAS, MKL...) to one thread for the rest of the process (module docstring); once."""
+        if not cls._blas_held:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=1, user_api="blas")
+            cls._blas_held = True
 
     @classmethod
     def pool_size(cls) -> int | None:

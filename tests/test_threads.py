@@ -1,6 +1,11 @@
 """The process's onnxruntime threads (runtime/threads.py): helpers before the engine (one pool size per process:
-test_ort_engine.py)."""
+test_ort_engine.py), numpy's BLAS held to one thread beside it."""
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +33,24 @@ def test_a_helper_made_after_its_own_engine_is_refused(tiny_bundle, vad_model):
 def test_thread_counts_are_whole_numbers_of_at_least_one(count):
     with pytest.raises(EdgeAsrError, match="at least 1"):
         Threads(count)
+
+
+def test_the_engine_holds_numpys_blas_to_one_thread(tiny_bundle):
+    """OpenBLAS's own threads spin after each product and took the engine's cores (runtime/threads.py): a fresh
+    process's BLAS runs on one thread once its engine is made."""
+    script = (
+        "import json, sys, numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from edge_asr.runtime.bundle import load_bundle\n"
+        "from edge_asr.runtime.engines import load_engine\n"
+        "blas = lambda: [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "load_engine(load_bundle(sys.argv[1]), 2)\n"
+        "print(json.dumps([before, blas()]))\n"
+    )
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    result = subprocess.run([sys.executable, "-c", script, str(tiny_bundle)], capture_output=True, text=True,
+                            env=env, check=True)
+    before, after = json.loads(result.stdout)
+    assert before and all(count == 2 for count in before), result.stdout  # numpy's BLAS is found, 2 threads
+    assert after == [1] * len(before), result.stdout

@@ -14,6 +14,7 @@ def load_engine(bundle: Bundle, threads: int | Threads) -> Engine:
     Each backend's module is imported only when a bundle needs it, so a device carries only its own.
     """
     threads = Threads.of(threads)
+    threads.hold_blas()  # numpy's BLAS threads would spin on the engine's cores
     backend = bundle.target.backend
     if backend == "onnxruntime":
         from edge_asr.runtime.engines.ort import OrtEngine
