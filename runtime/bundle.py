@@ -1,7 +1,8 @@
 """Bundles: a directory with manifest.json, the engine files and the tokenizer.
 
 The manifest is the contract between compile/ (which writes it) and runtime/ (which refuses, in one
-sentence, any bundle it cannot run: unknown format, other target, missing backend, bad hash).
+sentence, any bundle it cannot run: unknown format, other target, missing backend, bad hash). A file is hashed
+again only when it has changed since it last matched (runtime/file_stamps.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_asr.runtime import file_stamps
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import BundleError, EdgeAsrError
 from edge_asr.runtime.windows import WindowPolicy
@@ -90,7 +92,7 @@ class Bundle:
     def checked_file(self, role: str) -> Path:
         """A file load_bundle left unhashed (LAZY_ROLES), its sha256 checked now, when it is first needed."""
         path = self.file(role)
-        if sha256_of([path]) != self.manifest["files"][role]["sha256"]:
+        if not file_stamps.matches(path, self.manifest["files"][role]["sha256"], sha256_of):
             raise BundleError(f"bundle {self.path} is damaged: {path.name} does not match its sha256 in the manifest.")
         return path
 
@@ -127,7 +129,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         file = path / entry["path"]
         if not file.is_file():
             raise BundleError(f"bundle {path} is incomplete: its {role} file {entry['path']} is missing.")
-        if verify and role not in LAZY_ROLES and sha256_of([file]) != entry["sha256"]:
+        if verify and role not in LAZY_ROLES and not file_stamps.matches(file, entry["sha256"], sha256_of):
             raise BundleError(f"bundle {path} is damaged: {entry['path']} does not match its sha256 in the manifest.")
     return Bundle(path, manifest)
 
