@@ -16,7 +16,8 @@ from them, the Silero VAD model and the developer clips. ``run`` rebuilds the bu
   the encoder on 30 s and 10 s windows at batch 1 to 16 (CUDA events);
 - load: `edge-asr loadtest --find-max` against `edge-asr serve` on the GPU bundle, one utterance at a time
   (--workers 1) against the engine loop batching up to 64 streams' calls (--workers 64).
-Figures print as they come and land in OUT/gpu_check.json.
+Figures print as they come and land in OUT/gpu_check.json. The machine also needs the wheels of
+`../shared/gpu/fetch_wheels.sh threadpoolctl==3.8.0` installed (the runtime's requirements it lacks).
 """
 from __future__ import annotations
 
