@@ -19,7 +19,7 @@ DEFAULT_ROOT = Path.home() / ".cache" / "edge-asr" / "arm64-root"
 SITE = "opt/edge-asr"  # inside the root
 QEMU = "qemu-aarch64-static"
 # The runtime's dependencies for a TVM bundle (onnxruntime is left out: the TVM engine does not need it).
-PACKAGES = ["numpy==2.4.6", "soundfile==0.14.0", "soxr==1.1.0", "tokenizers==0.23.3",
+PACKAGES = ["numpy==2.4.6", "soundfile==0.14.0", "soxr==1.1.0", "tokenizers==0.23.3", "threadpoolctl==3.8.0",
             "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1"]
 
 
@@ -31,9 +31,18 @@ def missing_tools(root: Path) -> str | None:
     """Why the emulated tests cannot run here, or None."""
     if shutil.which(QEMU) is None:
         return f"{QEMU} is not installed (apt install qemu-user-static)"
-    if not (root / "usr/bin/python3").is_file() or not (root / SITE / "tvm").is_dir():
-        return f"no arm64 root with the runtime's packages at {root} (make one: python3 tests/arm64_root.py)"
+    if not (root / "usr/bin/python3").is_file():
+        return f"no arm64 root at {root} (make one: python3 tests/arm64_root.py)"
+    missing = [package for package in PACKAGES if not _installed(root, package)]
+    if missing:
+        return f"the arm64 root at {root} lacks {', '.join(missing)} (update it: python3 tests/arm64_root.py)"
     return None
+
+
+def _installed(root: Path, package: str) -> bool:
+    """Whether ``package`` (name==version) is in the root's site, by its dist-info folder."""
+    name, version = package.split("==")
+    return (root / SITE / f"{name.replace('-', '_')}-{version}.dist-info").is_dir()
 
 
 def make_root(root: Path) -> None:
