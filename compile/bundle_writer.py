@@ -148,7 +148,28 @@ def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: 
         from edge_asr.compile.tensorrt_build import build_tensorrt
 
         return build_tensorrt(graphs["encoder"], graphs["decoder"], work, target, checkpoint.dims, log)
-    return {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}, {}
+    files = {role: _finish_graph(path, work / f"{role}.onnx", precision, log) for role, path in graphs.items()}
+    # int8, the default: fp32 graphs stay plain ONNX, which other tools read (TensorRT's parser holds the exports to
+    # it in the tests); fp16 ones may run under another execution provider.
+    if precision == "int8":
+        for path in files.values():
+            _preoptimize(path)
+    return files, {}
+
+
+def _preoptimize(path: Path) -> None:
+    """onnxruntime's portable graph rewrites (ORT_ENABLE_EXTENDED: constant folding, fusions into its contrib ops),
+    done once here instead of at every load: 0.08 s of a 0.43 s load of the tiny.en-adaptive int8 bundle. They
+    leave the function as it was; the engine still applies, at load, the rewrites that depend on the CPU
+    (ORT_ENABLE_ALL's layouts)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    optimized = path.with_name(f"{path.stem}.optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized.replace(path)
 
 
 def _torch_weights(model, path: Path, precision: str, log) -> Path:

@@ -204,6 +204,24 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
 
 
 
+def test_int8_graphs_carry_onnxruntimes_portable_rewrites_and_compute_the_same(exported, jfk_wav, tmp_path):
+    """An int8 bundle's graphs come with onnxruntime's CPU-independent rewrites done (bundle_writer._preoptimize):
+    fused into its contrib ops, and loading to exactly the outputs of the graph they were made from."""
+    import onnx
+
+    from edge_asr.compile.bundle_writer import _preoptimize
+
+    plain = quantize_int8(exported.folder / "encoder.onnx", tmp_path / "encoder.int8.onnx")
+    rewritten = tmp_path / "encoder.onnx"
+    rewritten.write_bytes(plain.read_bytes())
+    _preoptimize(rewritten)
+    domains = [{node.domain for node in onnx.load(str(path)).graph.node} for path in (plain, rewritten)]
+    assert "com.microsoft" not in domains[0] and "com.microsoft" in domains[1]
+    mel = {"mel": _int8_probe(exported, jfk_wav)[0]}
+    for before, after in zip(_session(plain).run(None, mel), _session(rewritten).run(None, mel), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
 @pytest.mark.parametrize("probe_every", [0, 7])
 def test_encoder_graph_of_a_model_with_the_cached_padding_matches_the_reference(tmp_path, probe_every):
     """The cached padding's keys and values (every encoder layer's, and the decoder's of its output) are constants
