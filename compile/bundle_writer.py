@@ -164,7 +164,9 @@ def _preoptimize(path: Path) -> None:
     (ORT_ENABLE_ALL's layouts)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    from edge_asr.runtime.threads import Threads
+
+    options = Threads().helper_options()  # a process that made an engine first has onnxruntime's shared pool only
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     optimized = path.with_name(f"{path.stem}.optimized.onnx")
     options.optimized_model_filepath = str(optimized)
