@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,8 +35,11 @@ class Transcriber:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         dims = self.bundle.dims
         self.threads = Threads.of(threads)
-        self.engine = load_engine(self.bundle, self.threads)
-        self.tokenizer = WhisperTokenizer.from_file(self.bundle.file("tokenizer"), dims.multilingual, dims.num_languages)
+        with ThreadPoolExecutor(1) as pool:  # the tokenizer is read while the engine loads
+            tokenizer = pool.submit(WhisperTokenizer.from_file, self.bundle.file("tokenizer"), dims.multilingual,
+                                    dims.num_languages)
+            self.engine = load_engine(self.bundle, self.threads)
+            self.tokenizer = tokenizer.result()
         self.frontend = LogMelFrontend(dims.n_mels)
 
     def options(self, **overrides) -> TranscribeOptions:

@@ -14,6 +14,7 @@ The engine keeps each cache as one stacked array (engines/stacked.py) and feeds 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,11 @@ class OrtEngine:
         # beams), and with patterns on the peak RSS of a transcription was 390 MB instead of 287 MB,
         # at the same speed (tiny.en int8, 2 threads, developer clips).
         options.enable_mem_pattern = False
-        try:
-            self.encoder = ort.InferenceSession(str(encoder), options, providers=["CPUExecutionProvider"])
-            self.decoder = ort.InferenceSession(str(decoder), options, providers=["CPUExecutionProvider"])
+        try:  # the two sessions are built at once: onnxruntime lets go of the GIL while it builds one
+            with ThreadPoolExecutor(1) as pool:
+                decoding = pool.submit(ort.InferenceSession, str(decoder), options, providers=["CPUExecutionProvider"])
+                self.encoder = ort.InferenceSession(str(encoder), options, providers=["CPUExecutionProvider"])
+                self.decoder = decoding.result()
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise BundleError(f"onnxruntime cannot load {encoder.parent}: {str(err).splitlines()[0]}") from None
         self.dims = dims
