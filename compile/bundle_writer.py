@@ -11,7 +11,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TARGETS, sha256_of
+from edge_asr.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TARGETS
+from edge_asr.runtime.file_stamps import sha256_of
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.tokenizer import WhisperTokenizer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_asr.models.checkpoint import Checkpoint, read_json, sinusoids, tokenizer_beside
-from edge_asr.runtime.bundle import sha256_of
+from edge_asr.runtime.file_stamps import sha256_of
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import ModelSourceError
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from edge_asr.models.checkpoint import Checkpoint, read_json
 from edge_asr.models.whisper_torch import WhisperModel, from_checkpoint
-from edge_asr.runtime.bundle import sha256_of
+from edge_asr.runtime.file_stamps import sha256_of
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.windows import WindowPolicy
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_asr.models.checkpoint import Checkpoint, sinusoids
-from edge_asr.runtime.bundle import sha256_of
+from edge_asr.runtime.file_stamps import sha256_of
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError, ModelSourceError
 from edge_asr.runtime.windows import WindowPolicy

@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_asr.models.checkpoint import Checkpoint, read_json
 from edge_asr.runtime.errors import ModelSourceError
+from edge_asr.runtime.file_stamps import sha256_of
 from edge_asr.runtime.windows import WindowPolicy
 
 WEIGHTS = "weights.safetensors"
@@ -40,7 +41,7 @@ def save_delta(student_state: dict, base: Checkpoint, base_name: str, window: Wi
         raise ModelSourceError("The student is its base: there is no delta to save.")
     save_file(changed, str(out / WEIGHTS))
     info = {"base_model": base_name, "base_sha256": base.source_sha256, "window": window.to_dict(),
-            "tensors": sorted(changed), "weights_sha256": _sha256(out / WEIGHTS)}
+            "tensors": sorted(changed), "weights_sha256": sha256_of([out / WEIGHTS])}
     (out / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if card:
         (out / CARD).write_text(card)
@@ -58,7 +59,7 @@ def read_delta(directory: Path, base: Checkpoint, name: str) -> Checkpoint:
                                f"{str(info.get('base_sha256'))[:12]}), not from these {base.name} weights "
                                f"(sha256 {base.source_sha256[:12]}).")
     weights = directory / WEIGHTS
-    if not weights.is_file() or _sha256(weights) != info.get("weights_sha256"):
+    if not weights.is_file() or sha256_of([weights]) != info.get("weights_sha256"):
         raise ModelSourceError(f"The student {directory} is damaged: {WEIGHTS} is missing or does not match its sha256.")
     tensors = dict(base.tensors)
     for tensor_name, value in load_file(str(weights)).items():
@@ -70,6 +71,3 @@ def read_delta(directory: Path, base: Checkpoint, name: str) -> Checkpoint:
     return replace(base, name=name, tensors=tensors, source=f"{base.source} + student {directory}",
                    source_sha256=both, window_policy=WindowPolicy.from_dict(info["window"]))
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

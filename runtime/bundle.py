@@ -6,7 +6,6 @@ again only when it has changed since it last matched (runtime/file_stamps.py).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import platform
@@ -92,19 +91,9 @@ class Bundle:
     def checked_file(self, role: str) -> Path:
         """A file load_bundle left unhashed (LAZY_ROLES), its sha256 checked now, when it is first needed."""
         path = self.file(role)
-        if not file_stamps.matches(path, self.manifest["files"][role]["sha256"], sha256_of):
+        if not file_stamps.matches(path, self.manifest["files"][role]["sha256"]):
             raise BundleError(f"bundle {self.path} is damaged: {path.name} does not match its sha256 in the manifest.")
         return path
-
-
-def sha256_of(paths: list[Path], chunk: int = 1 << 22) -> str:
-    """One digest over the bytes of several files in order (a model split into parts hashes as one)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def load_bundle(path: Path, verify: bool = True) -> Bundle:
@@ -129,7 +118,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         file = path / entry["path"]
         if not file.is_file():
             raise BundleError(f"bundle {path} is incomplete: its {role} file {entry['path']} is missing.")
-        if verify and role not in LAZY_ROLES and not file_stamps.matches(file, entry["sha256"], sha256_of):
+        if verify and role not in LAZY_ROLES and not file_stamps.matches(file, entry["sha256"]):
             raise BundleError(f"bundle {path} is damaged: {entry['path']} does not match its sha256 in the manifest.")
     return Bundle(path, manifest)
 

@@ -290,7 +290,8 @@ def adapter_dir(student_pt, tmp_path_factory) -> Path:
 
 
 def test_compile_merges_the_adapter_and_records_it(adapter_dir, student_pt, student_bundle, tmp_path_factory):
-    from edge_asr.runtime.bundle import load_bundle, sha256_of
+    from edge_asr.runtime.bundle import load_bundle
+    from edge_asr.runtime.file_stamps import sha256_of
     from edge_asr.runtime.engines import load_engine
 
     adapted = compiled_bundle(tmp_path_factory, "adapted", "--model", student_pt, "--adapter", adapter_dir,
