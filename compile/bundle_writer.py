@@ -153,16 +153,21 @@ def _build_engines(graphs: dict[str, Path], work: Path, target: str, precision: 
     # int8, the default: fp32 graphs stay plain ONNX, which other tools read (TensorRT's parser holds the exports to
     # it in the tests); fp16 ones may run under another execution provider.
     if precision == "int8":
-        for path in files.values():
-            _preoptimize(path)
+        for role in graphs:
+            files[f"{role}_weights"] = _preoptimize(files[role])
     return files, {}
 
 
-def _preoptimize(path: Path) -> None:
+def _preoptimize(path: Path) -> Path:
     """onnxruntime's portable graph rewrites (ORT_ENABLE_EXTENDED: constant folding, fusions into its contrib ops),
     done once here instead of at every load: 0.08 s of a 0.43 s load of the tiny.en-adaptive int8 bundle. They
     leave the function as it was; the engine still applies, at load, the rewrites that depend on the CPU
-    (ORT_ENABLE_ALL's layouts)."""
+    (ORT_ENABLE_ALL's layouts).
+
+    The graph keeps its tensors in a file of their own beside it (returned: ``encoder.onnx`` -> ``encoder.weights``),
+    which onnxruntime reads without parsing them as protobuf: the tiny.en-adaptive int8 encoder (52 MB, 41 of them
+    the cached padding's constants) made its session in 0.08-0.10 s instead of 0.15-0.21, the decoder in 0.05-0.08
+    instead of 0.13-0.15."""
     import onnxruntime as ort
 
     from edge_asr.runtime.threads import Threads
@@ -170,9 +175,13 @@ def _preoptimize(path: Path) -> None:
     options = Threads().helper_options()  # a process that made an engine first has onnxruntime's shared pool only
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     optimized = path.with_name(f"{path.stem}.optimized.onnx")
+    weights = path.with_name(f"{path.stem}.weights")
     options.optimized_model_filepath = str(optimized)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights.name)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimized.replace(path)
+    return weights
 
 
 def _torch_weights(model, path: Path, precision: str, log) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from edge_asr.runtime.cli_args import (add_model_arguments, add_stream_options, add_vad_arguments, decoding_options,
                                        positive_int, vad_options)
 from edge_asr.runtime.errors import EdgeAsrError
+from edge_asr.runtime.threads import Threads
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -143,6 +144,8 @@ def _expand_shorthands(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _expand_shorthands(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].runs_engine:
+        Threads.hold_blas_from_the_start()  # before the parser imports numpy
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
@@ -263,6 +266,7 @@ class Command:
     add_parser: Callable[[argparse._SubParsersAction], None]
     run: Callable[[argparse.Namespace], int]
     siblings: tuple[str, ...] = ()  # other commands whose parsers add_parser adds too
+    runs_engine: bool = True  # numpy's BLAS is then held to one thread from the start (Threads)
 
 
 COMMANDS: dict[str, Command] = {
@@ -278,12 +282,14 @@ COMMANDS: dict[str, Command] = {
                         lambda args: _module("benchmarks.loadtest").run(args)),
     "corpus": Command("build a speech corpus for distillation and fine-tuning",
                       lambda c: _module("models.corpus_command").add_corpus_parser(c),
-                      lambda args: _module("models.corpus_command").run(args)),
-    "compile": Command("compile a checkpoint into a bundle", add_compile_parser, _compile),
+                      lambda args: _module("models.corpus_command").run(args), runs_engine=False),
+    "compile": Command("compile a checkpoint into a bundle", add_compile_parser, _compile, runs_engine=False),
     "distill": Command("distil a length-adaptive student from a teacher",
-                       lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("finetune",)),
+                       lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("finetune",),
+                       runs_engine=False),
     "finetune": Command("LoRA fine-tuning saved as a small adapter",
-                        lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("distill",)),
+                        lambda c: _module("models.distill_command").add_train_parsers(c), _train, ("distill",),
+                        runs_engine=False),
 }
 
 

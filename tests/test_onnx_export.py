@@ -206,7 +206,8 @@ def test_int8_graphs_agree_with_fp32_on_the_best_token(exported, jfk_wav):
 
 def test_int8_graphs_carry_onnxruntimes_portable_rewrites_and_compute_the_same(exported, jfk_wav, tmp_path):
     """An int8 bundle's graphs come with onnxruntime's CPU-independent rewrites done (bundle_writer._preoptimize):
-    fused into its contrib ops, and loading to exactly the outputs of the graph they were made from."""
+    fused into its contrib ops, their tensors in a weights file beside them, and loading to exactly the outputs of
+    the graph they were made from."""
     import onnx
 
     from edge_asr.compile.bundle_writer import _preoptimize
@@ -214,9 +215,15 @@ def test_int8_graphs_carry_onnxruntimes_portable_rewrites_and_compute_the_same(e
     plain = quantize_int8(exported.folder / "encoder.onnx", tmp_path / "encoder.int8.onnx")
     rewritten = tmp_path / "encoder.onnx"
     rewritten.write_bytes(plain.read_bytes())
-    _preoptimize(rewritten)
+    weights = _preoptimize(rewritten)
     domains = [{node.domain for node in onnx.load(str(path)).graph.node} for path in (plain, rewritten)]
     assert "com.microsoft" not in domains[0] and "com.microsoft" in domains[1]
+    assert weights == tmp_path / "encoder.weights"
+    graph = onnx.load(str(rewritten), load_external_data=False).graph
+    outside = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {entry.value for t in outside for entry in t.external_data if entry.key == "location"} == {weights.name}
+    assert sum(t.dims[0] * t.dims[-1] for t in outside if len(t.dims) == 2) > 0.9 * sum(
+        t.dims[0] * t.dims[-1] for t in graph.initializer if len(t.dims) == 2)  # the matrices are in the file
     mel = {"mel": _int8_probe(exported, jfk_wav)[0]}
     for before, after in zip(_session(plain).run(None, mel), _session(rewritten).run(None, mel), strict=True):
         np.testing.assert_array_equal(before, after)

@@ -54,3 +54,27 @@ def test_the_engine_holds_numpys_blas_to_one_thread(tiny_bundle):
     before, after = json.loads(result.stdout)
     assert before and all(count == 2 for count in before), result.stdout  # numpy's BLAS is found, 2 threads
     assert after == [1] * len(before), result.stdout
+
+
+@pytest.mark.parametrize("command, threads", [("transcribe", 1), ("compile", 2)])
+def test_commands_that_run_an_engine_start_numpy_with_one_blas_thread(command, threads):
+    """Started, OpenBLAS's extra threads spin for a while and took a core from the engine's session builds: a
+    command that runs an engine sets BLAS to one thread before its parser imports numpy; one that trains or
+    compiles keeps the machine's (here 2, from the environment)."""
+    script = (
+        "import json, sys\n"
+        "from edge_asr.runtime.cli import main\n"
+        "try:\n"
+        "    main([sys.argv[1], '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(json.dumps([pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "2"  # OpenBLAS's fallback when OPENBLAS_NUM_THREADS is not set
+    result = subprocess.run([sys.executable, "-c", script, command], capture_output=True, text=True, env=env,
+                            check=True)
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert counts and all(count == threads for count in counts), result.stdout
