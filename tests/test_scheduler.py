@@ -14,11 +14,17 @@ from edge_asr.runtime.streaming.events import StreamEvent
 
 
 class FakeVad:
-    def __init__(self):
-        self.resets = 0
+    """A stream's VAD lane as the scheduler sees it: fed what the stream queues, reset with what is still queued."""
 
-    def reset(self):
+    def __init__(self):
+        self.resets, self.fed = 0, 0
+
+    def reset(self, unheard=()):
         self.resets += 1
+        self.fed = sum(len(samples) for samples in unheard)
+
+    def feed(self, samples):
+        self.fed += len(samples)
 
 
 class FakeRecognizer:
@@ -92,8 +98,8 @@ def test_capacity_and_vads_come_back():
     with pytest.raises(CapacityError, match="server full: 2 streams"):
         Client().open(scheduler)
     first.abort()
-    third = Client().open(scheduler)  # the aborted stream's VAD, reset for the new stream
-    assert third.vad is first.vad and first.vad.resets == 2
+    third = Client().open(scheduler)  # the aborted stream's VAD, reset when released and for the new stream
+    assert third.vad is first.vad and first.vad.resets == 3
     assert {second.vad, third.vad} == set(vads)
 
 
@@ -155,6 +161,25 @@ def test_an_engine_error_stays_with_its_stream():
     assert [e.text for e in healthy.events] == ["r1 heard 4000", "r1 flushed at 4000"]
     assert broken.events[-1].text == "r2 flushed at 4000"
     assert scheduler.stats().errors == 1
+    scheduler.stop()
+
+
+def test_after_an_error_the_streams_vad_starts_again_with_the_audio_still_queued():
+    """The fresh recognizer hears the stream from its next queued sample on; so must its VAD lane, which was fed
+    everything queued (vad_ahead.py), or its windows would be judged out of step."""
+    scheduler, _, vads = make_scheduler(max_streams=1, turn_s=100 / SAMPLE_RATE)  # a turn takes 100 samples
+    client = Client()
+    handle = client.open(scheduler)
+    handle.push(np.full(100, np.nan, np.float32))
+    handle.push(seconds(0.25))
+    assert vads[0].fed == 4100
+    scheduler.start()
+    deadline = time.monotonic() + 5
+    while not client.errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.errors and vads[0].resets == 2 and vads[0].fed == 4000  # opened, then reset after the error
+    handle.finish()
+    assert client.closed.wait(5)
     scheduler.stop()
 
 

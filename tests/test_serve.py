@@ -108,7 +108,8 @@ class FakeScheduler:
         # The fake engine spends a quarter of a second per second of audio, a third of it in 4-row steps.
         engine = {"encode": OpTally(1, 1, self.audio_seconds / 8), "prompt": OpTally(1, 1, self.audio_seconds / 24),
                   "step": OpTally(5, 20, self.audio_seconds / 12)}
-        return SchedulerStats(len(self.handles), 0.0, self.audio_seconds / 4, self.audio_seconds, 0, 0, engine)
+        return SchedulerStats(len(self.handles), 0.0, self.audio_seconds / 4, self.audio_seconds, 0, 0, engine,
+                              vad_calls=20, vad_windows=31)
 
     def _run(self) -> None:
         while (call := self._calls.get()) is not None:
@@ -366,7 +367,8 @@ def test_metrics_and_healthz():
                          "edge_asr_queue_depth_seconds 0.0", "edge_asr_real_time_factor 0.25",
                          'edge_asr_request_errors_total{kind="capacity"} 0.0',
                          'edge_asr_engine_calls_total{op="step"} 5.0', 'edge_asr_engine_rows_total{op="step"} 20.0',
-                         'edge_asr_engine_seconds_total{op="encode"} 0.125'):
+                         'edge_asr_engine_seconds_total{op="encode"} 0.125', "edge_asr_vad_calls_total 20.0",
+                         "edge_asr_vad_windows_total 31.0"):
                 assert name in text
             assert "edge_asr_gpu_memory_bytes" not in text  # not on CUDA
             other = await asyncio.to_thread(http_get, http_url(server, "/other"), {"Authorization": f"Bearer {TOKEN}"})

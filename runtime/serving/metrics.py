@@ -64,6 +64,10 @@ class SchedulerCollector:
             rtf.add_metric([], (stats.busy_seconds - last.busy_seconds) / audio)
         yield rtf
         yield from _engine_counters(stats)
+        yield CounterMetricFamily("edge_asr_vad_calls", "Calls of the VAD model, every stream's ready window in one.",
+                                  value=stats.vad_calls)
+        yield CounterMetricFamily("edge_asr_vad_windows", "32 ms windows the VAD judged, all streams.",
+                                  value=stats.vad_windows)
         used = self.gpu_memory_mb()
         if used is not None:
             yield GaugeMetricFamily("edge_asr_gpu_memory_bytes", "GPU memory this process holds.", value=used * 2**20)

@@ -8,7 +8,9 @@ StreamRecognizer each. A turn gives a stream at most `turn_s` of its queued audi
 oldest queued audio has waited longer than `shed_after_s` gets no partial on that turn: partials are
 previews, finals are the work that must not fall behind.
 
-The VADs are made when the scheduler is, with the engine's Threads and before the engine (runtime/threads.py).
+Every stream's audio is judged by the VAD as it is queued, on a thread of its own, all streams' windows batched
+(serving/vad_ahead.py); the segmenters read the results. Its session is made with the engine's Threads and before
+the engine (runtime/threads.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from edge_asr.runtime.engines.timed import OpTally, TimedEngine
 from edge_asr.runtime.errors import EdgeAsrError
 from edge_asr.runtime.streaming.events import StreamEvent
 from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
+from edge_asr.runtime.serving.vad_ahead import VadAhead
 from edge_asr.runtime.streaming.recognizer import StreamOptions, StreamRecognizer
 from edge_asr.runtime.threads import Threads
 
@@ -66,11 +69,14 @@ class SchedulerStats:
     finals: int
     errors: int
     engine: dict[str, OpTally] = field(default_factory=dict)  # the engine's calls by kind, when it is timed
+    vad_calls: int = 0  # the VAD model's calls and the windows they judged (all streams' at once: vad_ahead.py)
+    vad_windows: int = 0
 
 
 class StreamHandle:
     """One client's stream. push/finish/abort may be called from any thread; the callbacks come from
-    the scheduler's worker thread."""
+    the scheduler's worker thread. ``vad`` is the stream's lane of the VAD ahead (vad_ahead.VadLane): it is fed
+    what the stream queues."""
 
     def __init__(self, scheduler: "StreamScheduler", stream_id: int, recognizer: StreamRecognizer, vad,
                  on_events: Callable[[list[StreamEvent]], None], on_error: Callable[[str], None],
@@ -96,12 +102,16 @@ class StreamHandle:
 
 
 class StreamScheduler:
-    """make_recognizer(vad) gives a stream its recognizer; vads holds one VAD per stream that may be open."""
+    """make_recognizer(vad) gives a stream its recognizer; vads holds one VAD per stream that may be open, each
+    with ``feed(samples)`` and ``reset(unheard)`` (vad_ahead.VadLane); ``vad_ahead``, their thread, runs while the
+    scheduler does."""
 
     def __init__(self, make_recognizer: Callable[[object], StreamRecognizer], vads: list,
-                 options: SchedulerOptions | None = None, engine: TimedEngine | None = None):
+                 options: SchedulerOptions | None = None, engine: TimedEngine | None = None,
+                 vad_ahead: VadAhead | None = None):
         self.options = (options or SchedulerOptions()).validate()
         self._engine = engine  # counted calls for the stats, if the recognizers' engine is timed
+        self._vad_ahead = vad_ahead
         if len(vads) < self.options.max_streams:
             raise EdgeAsrError(f"{self.options.max_streams} streams need as many VADs, not {len(vads)}.")
         self._recognizer = make_recognizer
@@ -135,6 +145,8 @@ class StreamScheduler:
             return handle
 
     def start(self) -> None:
+        if self._vad_ahead is not None:
+            self._vad_ahead.start()
         if self.options.workers > 1:  # one loop batches the engine calls of `workers` streams at a time
             self._threads = [threading.Thread(target=self._run_loop, name="edge-asr-engine-loop", daemon=True)]
         else:
@@ -151,6 +163,8 @@ class StreamScheduler:
             self._work.notify_all()
         for thread in self._threads:
             thread.join()
+        if self._vad_ahead is not None:
+            self._vad_ahead.stop()
 
     def stats(self) -> SchedulerStats:
         with self._lock:
@@ -158,6 +172,8 @@ class StreamScheduler:
             stats = SchedulerStats(len(self._streams), queued, self._busy, self._audio, self._finals, self._errors)
         if self._engine is not None:
             stats.engine = self._engine.tally()
+        if self._vad_ahead is not None:
+            stats.vad_calls, stats.vad_windows = self._vad_ahead.calls, self._vad_ahead.windows
         return stats
 
     def _enqueue(self, handle: StreamHandle, samples: np.ndarray) -> bool:
@@ -168,6 +184,7 @@ class StreamScheduler:
                 return False
             handle.queue.append((time.monotonic(), samples))
             handle.queued += len(samples)
+            handle.vad.feed(samples)
             self._work.notify()
             return True
 
@@ -188,6 +205,7 @@ class StreamScheduler:
         """Under the lock: forget the stream and give its VAD back."""
         if self._streams.pop(handle.id, None) is not None:
             self._order.remove(handle.id)
+            handle.vad.reset()  # what it was fed and not heard is nobody's now
             self._free_vads.append(handle.vad)
 
     def _run(self) -> None:
@@ -289,9 +307,10 @@ class StreamScheduler:
         message = None
         if error is not None:  # one utterance's failure must not end the other streams, nor this one
             message = f"transcription failed, the current utterance is lost: {error}"
-            handle.vad.reset()
             handle.recognizer = self._recognizer(handle.vad)
         with self._work:
+            if error is not None:  # the new recognizer starts with the audio still queued, and so does its VAD
+                handle.vad.reset(samples for _, samples in handle.queue)
             self._busy += busy_s
             self._audio += len(chunk) / SAMPLE_RATE
             self._finals += sum(e.type == "final" for e in events)
@@ -329,9 +348,10 @@ def build_scheduler(bundle: Path, decoding: TranscribeOptions, options: Schedule
 
     bundle = load_bundle(Path(bundle))
     threads = Threads.of(threads)
-    vads = SileroVad.for_streams(options.max_streams, vad_model, threads)  # before the engine: see above
+    vad_ahead = VadAhead(SileroVad(vad_model, threads=threads), options.max_streams)  # before the engine: see above
     transcriber = Transcriber(bundle, threads=threads)
     timed = TimedEngine(transcriber.engine)  # for /metrics: where the engine's time goes, and rows per step
     decoding = transcriber.with_model_facts(decoding).validate()
     return StreamScheduler(partial(StreamRecognizer, timed, transcriber.tokenizer,
-                                   transcribe_options=decoding, options=streaming), vads, options, timed)
+                                   transcribe_options=decoding, options=streaming), vad_ahead.lanes, options, timed,
+                           vad_ahead)
