@@ -4,6 +4,7 @@ would have judged them."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -87,3 +88,29 @@ def test_a_lane_read_out_of_step_says_so(vad_model, speech):
     with pytest.raises(RuntimeError, match="out of step"):
         lane(speech[WINDOW_SAMPLES : 2 * WINDOW_SAMPLES])
     ahead.stop()
+
+
+def test_a_failing_vad_fails_the_utterance_and_the_lane_starts_again(vad_model, speech):
+    """The model failing on the thread reaches the stream's segmenter as an error (the scheduler then loses that
+    utterance and resets the stream); the thread goes on, and the reset lane judges again."""
+
+    class FailsOnce:
+        def __init__(self, session):
+            self.session, self.failed = session, False
+
+        def run(self, outputs, feeds):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("no memory")
+            return self.session.run(outputs, feeds)
+
+    ahead = VadAhead(SimpleNamespace(session=FailsOnce(SileroVad(vad_model).session)), lanes=1)
+    ahead.start()
+    lane = ahead.lanes[0]
+    lane.feed(speech[:WINDOW_SAMPLES])
+    with pytest.raises(RuntimeError, match="voice activity detector failed: no memory"):
+        lane(speech[:WINDOW_SAMPLES])
+    lane.reset([speech[: 4 * WINDOW_SAMPLES]])
+    heard = [lane(window) for window in speech[: 4 * WINDOW_SAMPLES].reshape(4, WINDOW_SAMPLES)]
+    ahead.stop()
+    assert heard == pytest.approx(alone(vad_model, speech[: 4 * WINDOW_SAMPLES]), abs=1e-6)

@@ -57,9 +57,9 @@ class VadAhead:
                 if self._stopping:
                     return
                 batch = [lane.take_window() for lane in ready]
-            inputs = np.stack([taken.input for taken in batch])
-            states = np.concatenate([taken.state for taken in batch], axis=1)
             try:
+                inputs = np.stack([taken.input for taken in batch])
+                states = np.concatenate([taken.state for taken in batch], axis=1)
                 probabilities, states = self._session.run(
                     None, {"input": inputs, "state": states, "sr": self._sample_rate})
             except Exception as err:  # the lanes' segmenters raise it: their utterance fails, the server goes on
