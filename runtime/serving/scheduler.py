@@ -8,9 +8,8 @@ StreamRecognizer each. A turn gives a stream at most `turn_s` of its queued audi
 oldest queued audio has waited longer than `shed_after_s` gets no partial on that turn: partials are
 previews, finals are the work that must not fall behind.
 
-Every stream's audio is judged by the VAD as it is queued, on a thread of its own, all streams' windows batched
-(serving/vad_ahead.py); the segmenters read the results. Its session is made with the engine's Threads and before
-the engine (runtime/threads.py).
+The VAD judges the next window of every stream with audio queued in one call, when a segmenter needs one
+(serving/vad_ahead.py). Its session is made with the engine's Threads and before the engine (runtime/threads.py).
 """
 from __future__ import annotations
 
@@ -69,13 +68,13 @@ class SchedulerStats:
     finals: int
     errors: int
     engine: dict[str, OpTally] = field(default_factory=dict)  # the engine's calls by kind, when it is timed
-    vad_calls: int = 0  # the VAD model's calls and the windows they judged (all streams' at once: vad_ahead.py)
+    vad_calls: int = 0  # the VAD model's calls and the windows they judged (many streams' at once: vad_ahead.py)
     vad_windows: int = 0
 
 
 class StreamHandle:
     """One client's stream. push/finish/abort may be called from any thread; the callbacks come from
-    the scheduler's worker thread. ``vad`` is the stream's lane of the VAD ahead (vad_ahead.VadLane): it is fed
+    the scheduler's worker thread. ``vad`` is the stream's lane of the batched VAD (vad_ahead.VadLane): it is fed
     what the stream queues."""
 
     def __init__(self, scheduler: "StreamScheduler", stream_id: int, recognizer: StreamRecognizer, vad,
@@ -103,8 +102,8 @@ class StreamHandle:
 
 class StreamScheduler:
     """make_recognizer(vad) gives a stream its recognizer; vads holds one VAD per stream that may be open, each
-    with ``feed(samples)`` and ``reset(unheard)`` (vad_ahead.VadLane); ``vad_ahead``, their thread, runs while the
-    scheduler does."""
+    with ``feed(samples)`` and ``reset(unheard)`` (vad_ahead.VadLane); ``vad_ahead``, whose lanes they are, counts
+    its calls for the stats."""
 
     def __init__(self, make_recognizer: Callable[[object], StreamRecognizer], vads: list,
                  options: SchedulerOptions | None = None, engine: TimedEngine | None = None,
@@ -145,8 +144,6 @@ class StreamScheduler:
             return handle
 
     def start(self) -> None:
-        if self._vad_ahead is not None:
-            self._vad_ahead.start()
         if self.options.workers > 1:  # one loop batches the engine calls of `workers` streams at a time
             self._threads = [threading.Thread(target=self._run_loop, name="edge-asr-engine-loop", daemon=True)]
         else:
@@ -163,8 +160,6 @@ class StreamScheduler:
             self._work.notify_all()
         for thread in self._threads:
             thread.join()
-        if self._vad_ahead is not None:
-            self._vad_ahead.stop()
 
     def stats(self) -> SchedulerStats:
         with self._lock:
