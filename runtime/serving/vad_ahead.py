@@ -7,8 +7,9 @@ One window of one stream a call, the VAD was 7.8 % of the server's worker thread
 (0.057 ms a window), and each row's probability and state are the ones it gets alone (tested). In a 16-stream load
 test the calls carried 11.1 windows each (22539 windows, 2032 calls): about 1.4 s of VAD in place of 3.2 s, of the
 worker's 46 s. The calls stay on the thread that needs them, between its engine calls: a thread of their own was
-tried first, and it is one more busy thread beside the engine's two on two cores (its load tests could not be told
-apart from the inline VAD's: p90 swings 0.8-1.4 s between identical runs at 14 streams).
+tried first, and it is one more busy thread beside the engine's two on two cores (three load tests at 14 streams,
+each run after one with the VAD inline, gave p90 1.20-1.36 s against 1.01-1.13 s, but this machine's p90 swings
+0.8-1.4 s between identical runs, and the order of a pair was not varied).
 
 A stream's lane must see the same samples, in the same order, as its segmenter: the scheduler feeds a lane what it
 queues for the stream (``feed``), and after a recognizer is replaced (an error) resets it with the audio still
