@@ -174,8 +174,11 @@ def measure_in_child(spec: BenchSpec) -> BenchRun:
     """The run's figures from a child process, with its peak RSS (and GPU memory, when it used any)."""
     from edge_asr.benchmarks.bench_run import BenchRun
 
+    from edge_asr.runtime.threads import Threads
+
     command = [sys.executable, "-m", "edge_asr.benchmarks.bench_run"]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = None if spec.system == "edge-asr" else Threads.environment_as_given()  # a peer starts as it ships
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     gpu = GpuMemoryWatch(proc.pid)
     proc.stdin.write(spec.to_json())
     proc.stdin.close()

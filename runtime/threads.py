@@ -80,14 +80,28 @@ class Threads:
         options.use_per_session_threads = False
         return options
 
-    @staticmethod
-    def hold_blas_from_the_start() -> None:
+    _blas_env_added: ClassVar[bool] = False  # hold_blas_from_the_start set OPENBLAS_NUM_THREADS
+
+    @classmethod
+    def hold_blas_from_the_start(cls) -> None:
         """numpy's OpenBLAS to one thread before numpy is imported (``hold_blas`` holds it after): OpenBLAS then
         starts no thread of its own at all. Started, its one extra thread here spun for 0.1 s right after the
         import, a core taken from the engine's session builds (`edge-asr transcribe` of the developer clips, 2
         threads: 0.13 s less CPU, 0.04 s less wall time at the median of eight). For processes that run an engine;
-        their child processes (the bench's peer, the load test's server) inherit it. A user's own setting stays."""
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        their child processes (the load test's server, the bench's edge-asr run) inherit it; a peer's run does not
+        (``environment_as_given``). A user's own setting stays."""
+        if "OPENBLAS_NUM_THREADS" not in os.environ:
+            os.environ["OPENBLAS_NUM_THREADS"] = "1"
+            cls._blas_env_added = True
+
+    @classmethod
+    def environment_as_given(cls) -> dict[str, str]:
+        """This process's environment without the BLAS setting ``hold_blas_from_the_start`` added: for another
+        system's child process (the bench's faster-whisper), whose libraries then start as they ship."""
+        env = dict(os.environ)
+        if cls._blas_env_added:
+            env.pop("OPENBLAS_NUM_THREADS", None)
+        return env
 
     @classmethod
     def hold_blas(cls) -> None:

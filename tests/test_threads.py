@@ -78,3 +78,16 @@ def test_commands_that_run_an_engine_start_numpy_with_one_blas_thread(command, t
                             check=True)
     counts = json.loads(result.stdout.splitlines()[-1])
     assert counts and all(count == threads for count in counts), result.stdout
+
+
+def test_a_peers_child_gets_the_environment_without_the_blas_setting_edge_asr_added(monkeypatch):
+    """The bench's faster-whisper child starts its libraries as they ship: OPENBLAS_NUM_THREADS is left out of its
+    environment when edge-asr set it, and kept when the user did."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setattr(Threads, "_blas_env_added", False)
+    Threads.hold_blas_from_the_start()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and "OPENBLAS_NUM_THREADS" not in Threads.environment_as_given()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.setattr(Threads, "_blas_env_added", False)
+    Threads.hold_blas_from_the_start()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3" and Threads.environment_as_given()["OPENBLAS_NUM_THREADS"] == "3"
