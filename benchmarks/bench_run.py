@@ -110,6 +110,8 @@ def edge_asr_offline(spec: BenchSpec):
 def faster_whisper_offline(spec: BenchSpec):
     from faster_whisper import WhisperModel
 
+    from edge_asr.runtime.decoding.options import TranscribeOptions
+
     from edge_asr.runtime.threads import Threads
 
     Threads.hold_blas()  # as edge-asr's engine does: faster-whisper's Mel also runs on numpy's BLAS (10-20 % faster)
@@ -119,7 +121,7 @@ def faster_whisper_offline(spec: BenchSpec):
 
     def run(audio: np.ndarray) -> tuple[str, int]:
         segments, _ = model.transcribe(audio, language=spec.language, task=spec.task, beam_size=spec.beam,
-                                       best_of=1, vad_filter=spec.vad)
+                                       best_of=TranscribeOptions().best_of, vad_filter=spec.vad)  # as edge-asr's fallback
         segments = list(segments)
         return "".join(s.text for s in segments).strip(), sum(len(s.tokens) for s in segments)
 

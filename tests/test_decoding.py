@@ -250,6 +250,38 @@ def test_timestamp_forced_when_timestamps_outweigh_text(tok):
     assert logits[1, text] == 5.0
 
 
+def test_timestamp_preference_is_openais_log_probability_rule_exactly(tok):
+    """The rule is decided on the logits (the normaliser cancels); rows where the two sides nearly tie, or are both
+    -inf, take openai's path. Decisions and the greedy step's log-probabilities equal openai's formulas."""
+    begin = tok.timestamp_begin
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((64, tok.n_vocab)) * 3).astype(np.float32)
+    logits[:, begin:] += rng.uniform(-12, 3, (64, 1)).astype(np.float32)  # both outcomes, some close
+    logits[1, :begin] = NEG  # text all forbidden
+    logits[2, begin:] = NEG  # timestamps all forbidden
+    logits[3, begin:] = NEG
+    logits[3, :begin] = NEG  # nothing allowed: both sides -inf
+    logits[4, begin:] = NEG
+    logits[4, begin] = logits[4, :begin].max()  # an exact tie of one timestamp and the best text token
+    reference = logits.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # the row with nothing allowed is nan: never preferred
+        logprobs = reference - np.log(np.exp(reference - reference.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - reference.max(-1, keepdims=True)
+        peak = np.nan_to_num(logprobs[:, begin:].max(-1, keepdims=True), neginf=0.0)
+        with np.errstate(divide="ignore"):
+            timestamp_logprob = np.log(np.exp(logprobs[:, begin:] - peak).sum(-1)) + peak[:, 0]
+        openai = timestamp_logprob > logprobs[:, :begin].max(-1)
+    assert 10 < openai.sum() < 54
+    filtered = logits.copy()
+    ApplyTimestampRules(tok, None)._prefer_timestamps(filtered)
+    assert ((filtered[:, :begin] == NEG).all(-1) == (openai | (logits[:, :begin] == NEG).all(-1))).all()
+    assert (filtered[~openai] == logits[~openai]).all() and (filtered[:, begin:] == logits[:, begin:]).all()
+
+    step = GreedyDecoder(0.0, tok.eot, rng).update(np.zeros((60, 0), np.int64), logits[4:], np.zeros(60))
+    from edge_asr.runtime.decoding.logit_filters import log_softmax
+    assert (step.sum_logprobs == log_softmax(logits[4:])[np.arange(60), logits[4:].argmax(-1)]).all()
+
+
 def test_filters_follow_options(tok):
     kinds = lambda options: [type(f).__name__ for f in build_logit_filters(tok, options)]  # noqa: E731
     assert kinds(DecodingOptions()) == ["SuppressBlank", "SuppressTokens", "ApplyTimestampRules"]

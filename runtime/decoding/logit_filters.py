@@ -83,20 +83,31 @@ class ApplyTimestampRules:
             logits[:, self.timestamp_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
 
     def _prefer_timestamps(self, logits: np.ndarray) -> None:
-        logprobs = log_softmax(logits)
-        timestamp_logprob = logsumexp(logprobs[:, self.timestamp_begin :])
-        max_text_logprob = logprobs[:, : self.timestamp_begin].max(axis=-1)
-        logits[timestamp_logprob > max_text_logprob, : self.timestamp_begin] = -np.inf
+        """openai's rule compares log-probabilities: the timestamps' total against the likeliest text token. Both
+        sides share the softmax's normaliser, so the logits decide alone, without an exp over the whole vocabulary;
+        a row whose two sides lie within 1e-9 (the normalised sums' rounding is ~1e-13) is decided as openai does."""
+        begin = self.timestamp_begin
+        timestamps = logsumexp(logits[:, begin:])
+        text = logits[:, :begin].max(axis=-1).astype(np.float64)
+        with np.errstate(invalid="ignore"):  # -inf on both sides: not clear, decided below
+            clear = np.abs(timestamps - text) > 1e-9
+        prefer = timestamps > text
+        if not clear.all():
+            with np.errstate(invalid="ignore"):  # a row with nothing allowed is nan here: never preferred
+                logprobs = log_softmax(logits[~clear])
+                prefer[~clear] = logsumexp(logprobs[:, begin:]) > logprobs[:, :begin].max(axis=-1)
+        logits[prefer, :begin] = -np.inf
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """log_softmax over the last axis, in float64; -inf logits stay -inf."""
-    logits = logits.astype(np.float64)
-    return logits - logsumexp(logits)[..., None]
+    return logits.astype(np.float64) - logsumexp(logits)[..., None]
 
 
 def logsumexp(values: np.ndarray) -> np.ndarray:
-    peak = values.max(axis=-1)
+    """log(sum(exp(values))) over the last axis, in float64 whatever ``values`` hold: float32 values are widened
+    inside the subtraction (exactly, without a float64 copy of the whole array first)."""
+    peak = values.max(axis=-1).astype(np.float64)
     finite_peak = np.where(np.isfinite(peak), peak, 0.0)
     with np.errstate(divide="ignore"):  # an all -inf row sums to 0, whose log is -inf
         return finite_peak + np.log(np.exp(values - finite_peak[..., None]).sum(axis=-1))
