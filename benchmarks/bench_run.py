@@ -111,7 +111,6 @@ def faster_whisper_offline(spec: BenchSpec):
     from faster_whisper import WhisperModel
 
     from edge_asr.runtime.decoding.options import TranscribeOptions
-
     from edge_asr.runtime.threads import Threads
 
     Threads.hold_blas()  # as edge-asr's engine does: faster-whisper's Mel also runs on numpy's BLAS (10-20 % faster)
