@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=10, help="timed runs of each (default: %(default)s)")
     parser.add_argument("--set", choices=SETS, default="developer",
                         help="developer: JFK and the LibriVox clips (35.7 s); speech: with the card commands, alsa's "
-                        "channel names and two joined long-form recordings (21 files, 118.7 s); real: speech and 28 "
+                        "channel names and two joined long-form recordings (21 files, 118.6 s); real: speech and 28 "
                         "non-speech sounds (default: %(default)s)")
     parser.add_argument("--peer-model", type=Path, help="the CTranslate2 folder (default: the bundle's source)")
     parser.add_argument("--peer-blas", choices=("as-shipped", "held"), default="as-shipped",
