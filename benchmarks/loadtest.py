@@ -12,7 +12,8 @@ is reported apart ("client lag") so that a client starved of CPU on a saturated 
 on the server. `--find-max` searches the largest N whose p90 stays within --max-p90 with every stream
 kept up.
 
-Without --url the server is started here as a child (`edge-asr serve` with the model options) and
+Without --url the server is started here as a child (`edge-asr serve` with the model options, --workers and
+--partial-interval) and
 stopped with SIGTERM at the end.
 
     python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--workers N] [--seconds 30]
@@ -78,12 +79,13 @@ class ServerPlan:
     beam: int | None = None
     language: str | None = None
     task: str | None = None
+    partial_interval: float | None = None  # 0: a finals-only server
 
     def options(self) -> list[str]:
         """The server's command-line options."""
         pairs = (("--bundle", self.bundle), ("--model", self.model), ("--precision", self.precision),
                  ("--threads", self.threads), ("--beam", self.beam), ("--language", self.language),
-                 ("--task", self.task), ("--workers", self.workers))
+                 ("--task", self.task), ("--workers", self.workers), ("--partial-interval", self.partial_interval))
         return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
 
 
@@ -113,7 +115,7 @@ class LoadtestPlan:
 def plan_from_args(args) -> LoadtestPlan:
     """The command line's plan (its flags are loadtest_command.py's)."""
     server = ServerPlan(str(args.bundle) if args.bundle else None, args.model, args.precision, args.threads,
-                        args.workers, args.beam, args.language, args.task)
+                        args.workers, args.beam, args.language, args.task, args.partial_interval)
     clips = folder_clips(args.input, args.references) if args.input else developer_clips()
     return LoadtestPlan(clips, str(args.input) if args.input else "developer", args.url, args.token, server,
                         args.streams, args.find_max, args.max_streams_to_try, args.max_p90, args.seconds,
@@ -431,7 +433,8 @@ def _server(plan: LoadtestPlan, max_streams: int) -> Iterator[str]:
     if plan.url:
         server = plan.server
         ignored = [flag for flag, value in (("--bundle", server.bundle), ("--model", server.model),
-                                            ("--threads", server.threads), ("--workers", server.workers)) if value]
+                                            ("--threads", server.threads), ("--workers", server.workers),
+                                            ("--partial-interval", server.partial_interval)) if value is not None]
         if ignored:
             print(f"loadtest: {', '.join(ignored)} ignored: the server at {plan.url} is already running.",
                   file=sys.stderr)
@@ -506,7 +509,7 @@ def _server_settings(plan: LoadtestPlan) -> dict:
     """The options the server was started with; unknown (None) for a server at --url, which ignored them."""
     server = plan.server
     settings = {"workers": server.workers, "bundle": server.bundle, "model": server.model,
-                "precision": server.precision, "threads": server.threads}
+                "precision": server.precision, "threads": server.threads, "partial_interval": server.partial_interval}
     return dict.fromkeys(settings) if plan.url else settings
 
 
@@ -557,6 +560,8 @@ def markdown(doc: dict) -> str:
     """The trials as one table; the streams of a single run as another; --find-max's answer."""
     s, trials = doc["settings"], doc["trials"]
     workers = f"--workers {s['workers']}, " if s["workers"] else ""
+    if s.get("partial_interval") is not None:  # absent from the documents of earlier versions
+        workers += f"--partial-interval {s['partial_interval']:g}, "
     blocks = [
         f"# edge-asr loadtest, {doc['created']}",
         f"{s['url']} ({workers}{s['server']} server); {s['clips']} clips "

@@ -47,5 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser, add_model_arguments) -> None:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="start the server with --workers N: 1 serves one utterance at a time, more batch "
                         "the decoder steps of that many streams (not with --url; default: the server's)")
+    parser.add_argument("--partial-interval", type=float, metavar="S",
+                        help="start the server with --partial-interval S: seconds of speech between partials, 0 for "
+                        "finals only (not with --url; default: the server's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
     add_model_arguments(parser)

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from edge_asr.benchmarks import loadtest
 from edge_asr.benchmarks.engine_split import engine_split, metrics_url, parse_engine_counters
-from edge_asr.benchmarks.loadtest import find_max, main
+from edge_asr.benchmarks.loadtest import ServerPlan, find_max, main
 from edge_asr.runtime.audio import SAMPLE_RATE
 
 pytest.importorskip("websockets")
@@ -204,6 +204,15 @@ def test_the_token_comes_from_the_environment(tmp_path, serve, clips, monkeypatc
     assert loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "0.5")["trials"][0]["passes"]
 
 
+def test_server_options_reach_the_server_and_are_said_ignored_with_a_url(tmp_path, serve, clips, capsys):
+    plan = ServerPlan(bundle="B", threads=2, workers=3, partial_interval=0.0)
+    assert plan.options() == ["--bundle", "B", "--threads", "2", "--workers", "3", "--partial-interval", "0.0"]
+    url = serve(FakeServer())
+    doc = loadtest_json(tmp_path, "--url", url, "--input", str(clips), "--seconds", "0.5", "--partial-interval", "0")
+    assert "--partial-interval ignored: the server at" in capsys.readouterr().err
+    assert doc["settings"]["partial_interval"] is None  # a running server's own settings are unknown here
+
+
 def test_a_server_child_that_dies_at_start_up_says_why(tmp_path, clips, capsys):
     assert main(["--bundle", str(tmp_path / "no-bundle"), "--input", str(clips)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -217,9 +226,11 @@ def test_a_server_started_here_serves_the_trial(tmp_path, tiny_bundle, jfk_wav):
     folder = tmp_path / "jfk"
     folder.mkdir()
     (folder / "jfk.wav").symlink_to(jfk_wav)
-    trial = loadtest_json(tmp_path, "--bundle", str(tiny_bundle), "--threads", "2", "--input", str(folder),
-                          "--seconds", "4")["trials"][0]
+    doc = loadtest_json(tmp_path, "--bundle", str(tiny_bundle), "--threads", "2", "--input", str(folder),
+                        "--seconds", "4", "--partial-interval", "0")
+    trial = doc["trials"][0]
     assert trial["finals"] >= 1 and trial["kept_up"] == 1 and trial["errors"] == 0
+    assert trial["partials"] == 0 and doc["settings"]["partial_interval"] == 0  # a finals-only server, as asked
     # The server's /metrics, read before and after: its engine encoded, prompted and stepped in the trial.
     engine = trial["engine"]
     assert min(engine["calls"].values()) >= 1 and engine["rows_per_step"] >= 1
