@@ -13,8 +13,7 @@ on the server. `--find-max` searches the largest N whose p90 stays within --max-
 kept up.
 
 Without --url the server is started here as a child (`edge-asr serve` with the model options, --workers and
---partial-interval) and
-stopped with SIGTERM at the end.
+--partial-interval) and stopped with SIGTERM at the end.
 
     python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--workers N] [--seconds 30]
 """
