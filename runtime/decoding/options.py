@@ -80,6 +80,9 @@ class TranscribeOptions(DecodingOptions):
     condition_on_previous_text: bool = True  # prompt each window with the text before it
     prompt_reset_on_temperature: float = 0.5  # a window decoded hotter than this starts a fresh prompt
     initial_prompt: str | None = None  # text that primes the first window (names, vocabulary, style)
+    # Text tokens the first window is expected to write (a stream's previous decoding of the same utterance),
+    # checked in the decoder passes greedy decoding runs anyway: fewer steps, the same rules (decoding/draft.py).
+    draft: tuple[int, ...] = ()
     # Repetition guard: more tokens per second of audio than this means the decoder is looping.
     max_tokens_per_second: float | None = 10.0
     seed: int = 0  # seeds the sampling at temperature > 0, so runs are reproducible
@@ -99,6 +102,7 @@ class TranscribeOptions(DecodingOptions):
     def validate(self) -> "TranscribeOptions":
         super().validate()
         require(len(self.temperatures) > 0, "temperatures must hold at least one temperature.")
+        require(all(isinstance(t, int) and t >= 0 for t in self.draft), "draft must hold token ids.")
         require(all(t >= 0 for t in self.temperatures), f"temperatures must not be negative: {self.temperatures}.")
         require(
             self.compression_ratio_threshold is None or self.compression_ratio_threshold > 0,

@@ -129,6 +129,8 @@ def transcribe_steps(
                 engine, tokenizer, audio, replace(options, language=language), state, start, audio_frames
             )
         seek += consumed
+        if options.draft:
+            options = replace(options, draft=())  # a draft is the first window's
         yield WindowResult(start, min(seek, content_frames) / FRAMES_PER_SECOND, language or "", segments)
 
 
@@ -194,7 +196,7 @@ def decode_with_fallback_steps(
     usable = []
     for temperature in options.temperatures:
         (result,) = yield from decode_window_steps(
-            engine, tokenizer, audio, decoding, temperature=temperature, prompts=[prompt], rng=rng
+            engine, tokenizer, audio, decoding, temperature=temperature, prompts=[prompt], rng=rng, draft=options.draft
         )
         looping = _is_looping(result, tokenizer, options, capped)
         improbable = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold

@@ -23,6 +23,10 @@ An engine that can batch the steps of many decodings (serving/engine_loop.py) al
 memory) for decodings whose audio contexts share ``pool_key(audio)``; a decoding's cache and audio
 context are copied into its slots once, its cache object is re-pointed at them, and each step is one
 ``DecoderPool.step`` over a span of slots. The batcher never sees a backend's types.
+
+An engine whose ``verifies_drafts`` is true runs a pass of many tokens with a logit wanted at each in about
+the time of a one-token step, so decoding may feed it a draft of what it expects to write (decoding/draft.py);
+engines that compute a few logits a call (TVM's prompt chunks, TensorRT's profiles) leave it out.
 """
 from __future__ import annotations
 
@@ -78,6 +82,7 @@ class DecoderPool(Protocol):
 
 class Engine(Protocol):
     dims: ModelDims
+    verifies_drafts: bool  # optional: False when absent
 
     def encode(self, mel: np.ndarray) -> AudioContext: ...
 

@@ -51,6 +51,8 @@ class OrtKVCache(StackedKVCache):
 
 
 class OrtEngine:
+    verifies_drafts = True  # a pass with many logits wanted costs about a step (decoding/draft.py)
+
     def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: Threads,
                  alignment: Callable[[], Path] | None = None):
         """``threads``: the entry point's (runtime/threads.py), whose helpers are made by now. ``alignment``: gives

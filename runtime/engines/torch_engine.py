@@ -98,6 +98,8 @@ class TorchEngine:
     ``decoder`` with ``cross_kv`` and the cached forward pass. ``graphs``: replay CUDA graphs for pool
     steps (on a CUDA device only)."""
 
+    verifies_drafts = True  # a pass with many logits wanted costs about a step (decoding/draft.py)
+
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  graphs: bool = True):
         self.device, self.dtype = torch.device(device), dtype

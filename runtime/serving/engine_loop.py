@@ -6,7 +6,7 @@ together:
 - encoder windows of the same shape, as one batch (each job gets its own rows of the context back);
 - one-token decoder steps, as one step per engine pool (serving/step_pools.py), each row at its own
   position; jobs join and leave pools between steps;
-- prompt passes and language detection, one by one.
+- prompt passes, passes that check a draft (decoding/draft.py) and language detection, one by one.
 An engine error reaches the jobs whose call failed, as it would had they called alone. No thread is
 handed anything: on a GPU a step costs less than a thread switch.
 """
@@ -63,7 +63,7 @@ class EngineLoop:
         alone = [job for job in pending if job not in encodes and job not in steps]
         self._encode(encodes)
         self._step(steps)
-        for job in alone:  # prompts, steps of an engine without pools, word timing
+        for job in alone:  # prompts, drafts' passes, steps of an engine without pools, word timing
             self._answer([job], lambda call=job.call: [call_engine(self.engine, call)])
 
     def run(self, jobs: list[Job]) -> None:

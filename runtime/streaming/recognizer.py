@@ -7,6 +7,8 @@ frames) and the VAD; the engine runs only while somebody speaks:
 - at each pause, the final decoding of the utterance so far (the same decoding as offline
   transcription, fallback included), so that when the pause proves long enough to end the
   utterance its text is already there. Speech that resumes discards it.
+Each decoding of an utterance after the first is given the previous one's text as its draft
+(decoding/draft.py): it mostly repeats it, and the repeated tokens cost one decoder pass, not a step each.
 """
 from __future__ import annotations
 
@@ -94,6 +96,7 @@ class StreamRecognizer:
         self._candidate: _Candidate | None = None
         self._next_partial = 0  # stream sample at which the next partial is due
         self._partials_shown = False
+        self._draft: tuple[int, ...] = ()  # the text tokens of the utterance's latest decoding
 
     def push(self, samples: np.ndarray, partials: bool = True) -> list[StreamEvent]:
         """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete.
@@ -122,7 +125,7 @@ class StreamRecognizer:
         for event in utterance_events:
             if event.kind == "start":
                 self.agreement.reset()
-                self._candidate, self._partials_shown = None, False
+                self._candidate, self._partials_shown, self._draft = None, False, ()
                 self._next_partial = event.start + self._partial_samples()
             elif event.kind == "pause":
                 self._candidate = _Candidate(event.start, event.end, *(yield from self._final_text(event.start, event.end)))
@@ -180,9 +183,10 @@ class StreamRecognizer:
         content, window_frames = self._frames(start, end)
         # The window is decided above: the utterance fills it, padded to its length ("full").
         options = replace(self.transcribe_options, window_frames=window_frames, encoder_context="full",
-                          initial_prompt=self._prompt_text)
+                          initial_prompt=self._prompt_text, draft=self._draft)
         windows = yield from transcribe_windows(self.engine, self.tokenizer, content, options, window_buffer=self._window)
         segments = [segment for window in windows for segment in window.segments]
+        self._draft = tuple(t for segment in segments for t in segment.tokens if t < self.tokenizer.eot)
         text = " ".join(segment.text.strip() for segment in segments).strip()
         if not options.word_timestamps:
             return text, None
@@ -197,5 +201,7 @@ class StreamRecognizer:
         guess = replace(options, without_timestamps=True, beam_size=1, sample_len=cap)
         padding = padding_value(options.policy, ArrayMel(content).peak)  # the window is normalised over its own peak
         audio = yield Encode(window_mel(content, window_frames, self._window, padding))
-        (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens])
+        (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens],
+                                                   draft=self._draft)
+        self._draft = tuple(t for t in result.tokens if t < self.tokenizer.eot)
         return result.text if has_words(result.text) else ""
