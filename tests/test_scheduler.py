@@ -1,4 +1,5 @@
-"""The stream scheduler: turns in round-robin, bounded queues, load shedding, errors kept to one stream."""
+"""The stream scheduler: turns in round-robin, partials after every stream's audio, bounded queues, load
+shedding, errors kept to one stream."""
 from __future__ import annotations
 
 import threading
@@ -28,30 +29,34 @@ class FakeVad:
 
 
 class FakeRecognizer:
-    """Finals say how many samples the recognizer has heard; a NaN sample is an engine failure."""
+    """Finals say how many samples the recognizer has heard; a NaN sample is an engine failure. With
+    ``partials``, each push leaves a partial due, which a partial turn computes."""
 
-    log: list  # (recognizer name, samples, partials) per push, shared by all recognizers of a test
+    log: list  # (recognizer name, samples pushed or "partial") per turn, shared by all recognizers of a test
     engine = None  # it calls none: the engine loop (workers above 1) runs its turns all the same
 
-    def __init__(self, vad, name, log):
+    def __init__(self, vad, name, log, partials=False):
         self.vad, self.name, self.log, self.heard = vad, name, log, 0
+        self.partials, self.partial_due = partials, False
 
-    def push(self, samples, partials=True):
-        self.log.append((self.name, len(samples), partials))
+    def push_steps(self, samples, partials=True):  # generators of no engine calls, as the engine loop drives them
+        assert not partials, "a server's pushes leave partials to partial turns"
+        self.log.append((self.name, len(samples)))
         if np.isnan(samples).any():
             raise RuntimeError("engine exploded")
         self.heard += len(samples)
+        self.partial_due = self.partials
         return [StreamEvent("final", 0.0, self.heard / SAMPLE_RATE, f"{self.name} heard {self.heard}")]
-
-    def flush(self):
-        return [StreamEvent("final", 0.0, self.heard / SAMPLE_RATE, f"{self.name} flushed at {self.heard}")]
-
-    def push_steps(self, samples, partials=True):  # generators of no engine calls, as the engine loop drives them
-        return self.push(samples, partials)
         yield
 
     def flush_steps(self):
-        return self.flush()
+        return [StreamEvent("final", 0.0, self.heard / SAMPLE_RATE, f"{self.name} flushed at {self.heard}")]
+        yield
+
+    def partial_steps(self):
+        self.log.append((self.name, "partial"))
+        self.partial_due = False
+        return [StreamEvent("partial", 0.0, self.heard / SAMPLE_RATE, f"{self.name} so far {self.heard}")]
         yield
 
 
@@ -65,10 +70,10 @@ class Client:
         return scheduler.open_stream(self.events.extend, self.errors.append, self.closed.set)
 
 
-def make_scheduler(max_streams=2, **options):
+def make_scheduler(max_streams=2, partials=False, **options):
     log, names = [], iter(f"r{i}" for i in range(100))
     vads = [FakeVad() for _ in range(max_streams)]
-    scheduler = StreamScheduler(lambda vad: FakeRecognizer(vad, next(names), log), vads,
+    scheduler = StreamScheduler(lambda vad: FakeRecognizer(vad, next(names), log, partials), vads,
                                 SchedulerOptions(max_streams=max_streams, **options))
     return scheduler, log, vads
 
@@ -122,25 +127,52 @@ def test_turns_go_round_so_a_long_backlog_does_not_starve_a_short_one():
     short_handle.finish()
     scheduler.start()
     assert long.closed.wait(5) and short.closed.wait(5)
-    assert [(name, n) for name, n, _ in log] == [("r0", 16000), ("r1", 16000), ("r0", 16000), ("r0", 16000),
-                                                ("r0", 16000)]
+    assert log == [("r0", 16000), ("r1", 16000), ("r0", 16000), ("r0", 16000), ("r0", 16000)]
     scheduler.stop()
 
 
-def test_a_stream_behind_real_time_sheds_partials():
-    scheduler, log, _ = make_scheduler(shed_after_s=0.05)
-    client = Client()
-    handle = client.open(scheduler)
-    handle.push(seconds(0.2))
-    time.sleep(0.1)  # the audio has now waited longer than shed_after_s
+def test_partials_come_after_every_streams_audio():
+    """A stream's due partial waits until each stream with audio queued has had its turn (its finals)."""
+    scheduler, log, _ = make_scheduler(partials=True, shed_after_s=60)
+    clients = [Client(), Client()]
+    handles = [c.open(scheduler) for c in clients]
+    for handle in handles:
+        handle.push(seconds(0.5))
     scheduler.start()
-    handle.finish()
-    assert client.closed.wait(5)
-    handle = client.open(scheduler)
-    handle.push(seconds(0.2))  # served at once: partials allowed
-    handle.finish()
+    deadline = time.monotonic() + 5
+    while len(log) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log == [("r0", 8000), ("r1", 8000), ("r0", "partial"), ("r1", "partial")]
+    assert [e.type for e in clients[0].events] == ["final", "partial"]
+    for handle in handles:
+        handle.finish()
+    assert all(c.closed.wait(5) for c in clients)
     scheduler.stop()
-    assert [partials for _, _, partials in log] == [False, True]
+
+
+def test_next_turn_takes_audio_first_then_partials_unless_audio_has_waited():
+    scheduler, _, _ = make_scheduler(max_streams=3, partials=True, shed_after_s=0.3)
+    a, b, c = (Client().open(scheduler) for _ in range(3))
+    now = time.monotonic()
+    a.partial_due = c.partial_due = True
+    b.queue.append((now, seconds(0.1)))
+    c.queue.append((now, seconds(0.1)))
+    assert scheduler._next_turn() == (b, False)  # audio before partials, in round-robin order
+    assert scheduler._next_turn() == (c, False)
+    assert scheduler._next_turn() == (a, True)  # every stream with audio had its turn: a partial
+    a.partial_due = False  # (its turn computed it)
+    assert scheduler._next_turn() == (b, False)  # after a partial, audio first again
+    assert scheduler._next_turn() == (c, False)
+    assert scheduler._next_turn() == (c, True)  # the next partial due, round-robin
+    a.partial_due, c.partial_due = True, False
+    c.queue.clear()
+    b.queue[0] = (now - 1.0, b.queue[0][1])  # b's audio has waited 1 s: partials held back
+    scheduler._served.add(b.id)
+    assert scheduler._next_turn() == (b, False)
+    b.queue.clear()
+    assert scheduler._next_turn() == (a, True)
+    a.finishing, a.partial_due = True, True  # a finishing stream gets its flush, not a partial
+    assert scheduler._next_turn() == (a, False)
 
 
 def test_an_engine_error_stays_with_its_stream():

@@ -138,6 +138,21 @@ def test_partials_come_before_each_final_and_their_stable_text_only_grows(new_re
     assert finals >= 1 and partials == []
 
 
+def test_a_partial_left_by_push_is_the_one_push_would_have_given(new_recognizer, jfk_audio):
+    """A server pushes without partials and computes the due ones in turns of their own (serving/scheduler.py)."""
+    inline, deferred = new_recognizer(partial_interval_s=1.0), new_recognizer(partial_interval_s=1.0)
+    events, later, dues = [], [], 0
+    for start in range(0, len(jfk_audio), BLOCK):
+        block = jfk_audio[start : start + BLOCK]
+        events += inline.push(block)
+        later += deferred.push(block, partials=False)
+        if deferred.partial_due:
+            dues += 1
+            later += deferred.partial()
+            assert not deferred.partial_due and deferred.partial() == []
+    assert later == events and dues == sum(e.type == "partial" for e in events) >= 5
+
+
 def test_flush_turns_speech_cut_mid_word_into_a_final(new_recognizer, jfk_audio):
     audio = jfk_audio[: seconds(JFK_CUT_S)]  # no silence after: the VAD never hears the end of speech
     pushed, flushed = stream_events(new_recognizer(), audio)

@@ -100,8 +100,22 @@ class StreamRecognizer:
 
     def push(self, samples: np.ndarray, partials: bool = True) -> list[StreamEvent]:
         """Takes the next samples of the stream (float32, 16 kHz); returns the events they complete.
-        partials=False skips a partial that is due (a scheduler behind real time sheds them)."""
+        partials=False leaves a partial that falls due for ``partial()`` (a server computes finals first)."""
         return run_sync(self.push_steps(samples, partials), self.engine)
+
+    @property
+    def partial_due(self) -> bool:
+        """Whether a partial is due: the utterance has gone on a partial interval since the last, speech still on."""
+        start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
+        return start is not None and self.segmenter.silent_for == 0 and now >= self._next_partial
+
+    def partial(self) -> list[StreamEvent]:
+        """The partial of the utterance so far, if one is due (else no event)."""
+        return run_sync(self.partial_steps(), self.engine)
+
+    def partial_steps(self) -> Steps[list[StreamEvent]]:
+        """partial as a generator of engine calls."""
+        return (yield from self._partial())
 
     def flush(self) -> list[StreamEvent]:
         """End of the stream: what is buffered becomes final; nothing heard is lost."""
@@ -152,10 +166,10 @@ class StreamRecognizer:
         return round(interval * SAMPLE_RATE) if interval > 0 else np.iinfo(np.int64).max
 
     def _partial(self) -> Steps[list[StreamEvent]]:
-        start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
         # Not once speech has stopped: the decoding at the pause is due soon, and a partial would delay it.
-        if start is None or self.segmenter.silent_for > 0 or now < self._next_partial:
+        if not self.partial_due:
             return []
+        start, now = self.segmenter.utterance_start, self.segmenter.samples_seen
         self._next_partial = now + self._partial_samples()
         stable, unstable = self.agreement.update((yield from self._partial_text(start, now)))
         self._partials_shown = True
