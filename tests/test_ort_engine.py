@@ -34,6 +34,44 @@ def test_near_zero_temperature_sampling_of_five_rows_equals_greedy(transcriber, 
     assert sampled == greedy
 
 
+class _Copying:
+    """The engine, made to copy a window's audio context for each of its rows instead of broadcasting it."""
+
+    broadcasts_audio = False
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("temperature, options", [(0.0, {"beam_size": 5}), (0.7, {"best_of": 5})])
+def test_a_windows_rows_read_one_broadcast_audio_context_as_they_read_copies(transcriber, jfk_mel, temperature,
+                                                                            options):
+    """Beams and samples of one window share its audio context (engines/base.py, broadcasts_audio): the same
+    results as a copy per row, alone and through the serving loop's pools."""
+    from edge_asr.runtime.decoding.decode import decode_window_steps
+    from edge_asr.runtime.serving.engine_loop import EngineLoop, Job
+
+    engine, tokenizer = transcriber.engine, transcriber.tokenizer
+    assert engine.broadcasts_audio
+    audio = engine.encode(jfk_mel[None])
+    decoding = DecodingOptions(language="en", **options)
+    runs = {}
+    for name, used in (("broadcast", engine), ("copies", _Copying(engine))):
+        alone = decode_window(used, tokenizer, audio, decoding, temperature=temperature,
+                              rng=np.random.default_rng(3))
+        job = Job(decode_window_steps(used, tokenizer, audio, decoding, temperature=temperature,
+                                      rng=np.random.default_rng(3)))
+        loop = EngineLoop(used)
+        loop.run([job])
+        assert job.error is None and loop.pools.steps > 0
+        runs[name] = (alone, job.result)
+    assert runs["broadcast"] == runs["copies"]
+    assert normalise(runs["broadcast"][0][0].text) == normalise(JFK_TEXT) or temperature > 0
+
+
 def test_a_batch_of_windows_decodes_like_each_window_alone(transcriber, jfk_mel, librivox_dir):
     audio = load_audio(next(librivox_dir.glob("*0930.wav")))
     other = transcriber.frontend(audio, padding=N_SAMPLES)[:, :N_FRAMES]

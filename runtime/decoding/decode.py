@@ -128,7 +128,9 @@ def decode_window_steps(
         build_logit_filters(tokenizer, options),
         logits[group_rows],
         cache.take(group_rows),
-        audio.take(group_rows),
+        # One window's beams or samples read its one audio context where the engine broadcasts it (onnxruntime's
+        # MatMul does): the same logits as copies, without a copy of its keys and values per row.
+        audio if n_windows == 1 and getattr(engine, "broadcasts_audio", False) else audio.take(group_rows),
         offsets,
         sample_len,
         partial(_all_looping, eot=tokenizer.eot, options=options),

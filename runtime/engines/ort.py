@@ -52,6 +52,7 @@ class OrtKVCache(StackedKVCache):
 
 class OrtEngine:
     verifies_drafts = True  # a pass with many logits wanted costs about a step (decoding/draft.py)
+    broadcasts_audio = True  # an audio context of one row serves every token row (the graph's MatMul broadcasts)
 
     def __init__(self, encoder: Path, decoder: Path, dims: ModelDims, threads: Threads,
                  alignment: Callable[[], Path] | None = None):
