@@ -200,7 +200,7 @@ class StreamRecognizer:
                           initial_prompt=self._prompt_text, draft=self._draft)
         windows = yield from transcribe_windows(self.engine, self.tokenizer, content, options, window_buffer=self._window)
         segments = [segment for window in windows for segment in window.segments]
-        self._draft = tuple(t for segment in segments for t in segment.tokens if t < self.tokenizer.eot)
+        self._draft = tuple(int(t) for segment in segments for t in segment.tokens if t < self.tokenizer.eot)
         text = " ".join(segment.text.strip() for segment in segments).strip()
         if not options.word_timestamps:
             return text, None
@@ -217,5 +217,5 @@ class StreamRecognizer:
         audio = yield Encode(window_mel(content, window_frames, self._window, padding))
         (result,) = yield from decode_window_steps(self.engine, self.tokenizer, audio, guess, prompts=[self._prompt_tokens],
                                                    draft=self._draft)
-        self._draft = tuple(t for t in result.tokens if t < self.tokenizer.eot)
+        self._draft = tuple(int(t) for t in result.tokens if t < self.tokenizer.eot)
         return result.text if has_words(result.text) else ""
