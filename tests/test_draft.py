@@ -149,3 +149,12 @@ def test_a_streams_drafts_give_its_words_in_fewer_steps(tiny_fp32_bundle, vad_mo
     assert drafted == plain and sum(kind == "partial" for kind, _, _ in plain) >= 5
     assert drafted_calls["encode"].calls == plain_calls["encode"].calls
     assert drafted_calls["step"].calls < 0.7 * plain_calls["step"].calls  # 39 against 64 steps when written
+
+
+def test_another_time_than_the_drafts_moves_past_it_and_a_word_ends_it(tok):
+    first = tok.timestamp_begin
+    draft = Draft([first, 5, 6], first, n_text_ctx=448)
+    assert draft.follow(first + 1) is None and draft.at == 1  # <|0.02|> where the draft says <|0.00|>
+    assert draft.follow(first + 7) is None and draft.at == 1  # a timestamp where it holds a word: inserted
+    assert draft.follow(5) is None and draft.at == 2
+    assert draft.follow(9) is None and draft.ahead(20, 8) == []

@@ -114,7 +114,7 @@ def decode_window_steps(
     sample_len = min(options.sample_len or engine.dims.n_text_ctx // 2, room)
     guide = None
     if len(draft) > 0 and n_windows == 1 and n_group == 1 and temperature == 0 and getattr(engine, "verifies_drafts", False):
-        text = [int(t) for t in draft if t < tokenizer.eot]
+        text = [t for t in draft if t < tokenizer.eot]
         guide = Draft(text if options.without_timestamps else [tokenizer.timestamp_begin, *text],
                       tokenizer.timestamp_begin, engine.dims.n_text_ctx)
     logits, no_speech_probs, cache = yield from _prompt_pass(engine, tokenizer, audio, rows, guide, sample_len - 1)

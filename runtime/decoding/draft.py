@@ -20,7 +20,6 @@ class Draft:
         self.timestamp_begin, self.n_text_ctx = timestamp_begin, n_text_ctx
         self.at = 0
         self.pending: list[tuple[int, np.ndarray]] = []
-        self.passes = self.taken = 0  # passes that fed draft tokens, and sampled tokens that used their logits
 
     def ahead(self, position: int, limit: int) -> list[int]:
         """The draft's next tokens for a pass that feeds them from ``position`` on (at most ``limit``).
@@ -34,21 +33,21 @@ class Draft:
     def fed(self, tokens: list[int], logits: np.ndarray) -> None:
         """A pass fed ``tokens`` (the draft's from ``at``) and returned ``logits`` [len(tokens), n_vocab] after them."""
         self.pending = list(zip(tokens, logits, strict=True))
-        self.passes += 1
 
     def follow(self, token: int) -> np.ndarray | None:
         """The sampled ``token``'s following logits when a pass fed it in its place (else None); moves the draft on."""
         if self.pending and self.pending[0][0] == token:
             self.at += 1
-            self.taken += 1
             return self.pending.pop(0)[1]
         self.pending = []
-        if self.at < len(self.tokens) and token == self.tokens[self.at]:
+        expected = self.tokens[self.at] if self.at < len(self.tokens) else None
+        if token == expected:
             self.at += 1
-        elif token >= self.timestamp_begin and (self.at >= len(self.tokens) or self.tokens[self.at] < self.timestamp_begin):
-            pass  # a timestamp the draft does not hold here: inserted, the draft goes on after it
-        elif self.at < len(self.tokens) and self.tokens[self.at] >= self.timestamp_begin and token >= self.timestamp_begin:
-            self.at += 1  # another time than the draft's: the draft goes on after it
+        elif token >= self.timestamp_begin:
+            # Another time than the draft's here: the draft goes on after it. A timestamp where the draft holds a
+            # word (or nothing): inserted, the draft goes on from where it was.
+            if expected is not None and expected >= self.timestamp_begin:
+                self.at += 1
         else:
             self.at = len(self.tokens)  # a word the draft does not foresee: the draft ends
         return None

@@ -218,10 +218,7 @@ class StreamScheduler:
                         return
                     self._work.wait(0.5)
                     turn = self._next_turn()
-                handle, partial = turn
-                chunk = _NO_AUDIO if partial else self._take(handle)
-                handle.in_turn = True
-                last = not partial and handle.finishing and not handle.queue
+                handle, chunk, partial, last = self._start(*turn)
             self._turn(handle, chunk, partial, last)
 
     def _next_turn(self) -> tuple[StreamHandle, bool] | None:
@@ -247,6 +244,13 @@ class StreamScheduler:
         self._order.remove(handle.id)
         self._order.append(handle.id)
         return handle
+
+    def _start(self, handle: StreamHandle, partial: bool) -> tuple[StreamHandle, np.ndarray, bool, bool]:
+        """Under the lock: the turn taken by a worker: its stream, its audio (none for a partial), whether it is a
+        partial, and whether it is the stream's last (its audio all taken after a finish)."""
+        chunk = _NO_AUDIO if partial else self._take(handle)
+        handle.in_turn = True
+        return handle, chunk, partial, not partial and handle.finishing and not handle.queue
 
     def _take(self, handle: StreamHandle) -> np.ndarray:
         """Under the lock: up to turn_s of the stream's queued audio."""
@@ -281,10 +285,7 @@ class StreamScheduler:
         while True:
             with self._work:
                 while len(active) < self.options.workers and (turn := self._next_turn()) is not None:
-                    handle, partial = turn
-                    chunk = _NO_AUDIO if partial else self._take(handle)
-                    handle.in_turn = True
-                    last = not partial and handle.finishing and not handle.queue
+                    handle, chunk, partial, last = self._start(*turn)
                     steps = self._turn_steps(handle, chunk, partial, last)
                     active.append((Job(steps), handle, chunk, last))
                     loop = loop or EngineLoop(handle.recognizer.engine)
