@@ -13,7 +13,9 @@ on the server. `--find-max` searches the largest N whose p90 stays within --max-
 kept up.
 
 Without --url the server is started here as a child (`edge-asr serve` with the model options, --workers and
---partial-interval) and stopped with SIGTERM at the end.
+--partial-interval) and stopped with SIGTERM at the end. With --alone each stream's audio then goes once more through
+`edge-asr stream` with the same options, alone (benchmarks/alone_words.py): the words a stream got under load are
+compared with its own words alone, which its clip order, not load, decides.
 
     python3 -m edge_asr.benchmarks.loadtest --find-max --bundle DIR [--workers N] [--seconds 30]
 """
@@ -34,10 +36,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from edge_asr.benchmarks.alone_words import alone_texts, as_sent
 from edge_asr.benchmarks.bench_command import require_scoring
 from edge_asr.models.clips import Clip, developer_clips, folder_clips
 from edge_asr.benchmarks.engine_split import EngineSplit, engine_split, scrape_engine
@@ -87,6 +90,14 @@ class ServerPlan:
                  ("--task", self.task), ("--workers", self.workers), ("--partial-interval", self.partial_interval))
         return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
 
+    def stream_options(self) -> list[str]:
+        """The same model and streaming options for `edge-asr stream`, which serves one stream (no --workers)."""
+        options = self.options()
+        if self.workers is not None:
+            at = options.index("--workers")
+            del options[at : at + 2]
+        return options
+
 
 @dataclass(frozen=True)
 class LoadtestPlan:
@@ -103,9 +114,13 @@ class LoadtestPlan:
     max_p90_s: float = 1.0
     seconds: float | None = None
     chunk_ms: int = 32
+    alone: bool = False  # each stream's words alone, to judge the words under load against
 
     def validate(self) -> "LoadtestPlan":
         require_scoring(self.clips)
+        if self.alone and self.url:
+            raise LoadtestError("--alone runs each stream through `edge-asr stream` with the server's model options, "
+                                "which a server at --url does not tell: run it without --url.")
         if self.seconds is not None and self.seconds <= 0:
             raise LoadtestError(f"--seconds must be above 0, got {self.seconds}.")
         return self
@@ -118,7 +133,7 @@ def plan_from_args(args) -> LoadtestPlan:
     clips = folder_clips(args.input, args.references) if args.input else developer_clips()
     return LoadtestPlan(clips, str(args.input) if args.input else "developer", args.url, args.token, server,
                         args.streams, args.find_max, args.max_streams_to_try, args.max_p90, args.seconds,
-                        args.chunk_ms).validate()
+                        args.chunk_ms, args.alone).validate()
 
 
 def run(args) -> int:
@@ -151,6 +166,13 @@ def loadtest(plan: LoadtestPlan) -> dict:
             return trial
 
         trials, found = find_max(measure, most) if plan.find_max else ([measure(plan.streams)], None)
+    if plan.alone:  # after the server has stopped: nothing runs beside each stream
+        trials = against_alone(trials, alone_texts(
+            [audio for audio, _ in stream_plan(plan.clips, max(t.streams for t in trials), plan.seconds)],
+            plan.server.stream_options(),
+            lambda i, n: print(f"loadtest: stream {i + 1} of {n} alone (edge-asr stream)", file=sys.stderr,
+                               flush=True)))
+        print(f"loadtest: {_alone_line(trials[-1])}", file=sys.stderr)
     return document(plan, url, trials, found)
 
 
@@ -217,7 +239,7 @@ async def _play(url: str, token: str | None, index: int, audio: np.ndarray, refe
     from websockets.exceptions import ConnectionClosed
 
     await asyncio.sleep(offset_s)
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    pcm = as_sent(audio)
     stream = StreamRun(index, len(pcm) / SAMPLE_RATE, reference)
     async with await _connect(url, token) as ws:
         await _ready(ws, url, index)
@@ -334,6 +356,8 @@ class StreamFigures:
     closed_reason: str | None
     client_lag_s: float
     kept_up: bool
+    text_alone: str | None = None  # --alone: its finals as the only stream (benchmarks/alone_words.py)
+    wer_against_alone: float | None = None  # its words under load, scored against text_alone
 
 
 @dataclass(frozen=True)
@@ -359,6 +383,10 @@ class Trial:
     failures: list[str]
     passes: bool
     engine: EngineSplit | None
+    # --alone: the same streams' WER each alone, and the words under load scored against the words alone (the
+    # words load changed, in percent of the words alone).
+    wer_alone: float | None = None
+    wer_against_alone: float | None = None
 
 
 def trial_figures(streams: list[StreamRun], max_p90_s: float, engine: EngineSplit | None) -> Trial:
@@ -380,6 +408,23 @@ def trial_figures(streams: list[StreamRun], max_p90_s: float, engine: EngineSpli
         partials=sum(s.partials for s in streams), errors=sum(len(s.errors) for s in streams),
         per_stream=rows, failures=failures, passes=not failures, engine=engine,
     )
+
+
+def against_alone(trials: list[Trial], alone: list[str]) -> list[Trial]:
+    """Each trial with its streams' words alone (``alone[i]``: stream i's), their WER and the words under load
+    scored against them."""
+    judged = []
+    for trial in trials:
+        rows = [replace(row, text_alone=alone[row.stream],
+                        wer_against_alone=corpus_wer([(alone[row.stream], row.text)]) if alone[row.stream] else None)
+                for row in trial.per_stream]
+        references = [row.reference for row in rows]
+        wer_alone = (corpus_wer([(row.reference, row.text_alone) for row in rows])
+                     if all(references) else None)
+        scored = [(row.text_alone, row.text) for row in rows if row.text_alone]
+        judged.append(replace(trial, per_stream=rows, wer_alone=wer_alone,
+                              wer_against_alone=corpus_wer(scored) if scored else None))
+    return judged
 
 
 def _stream_figures(stream: StreamRun) -> StreamFigures:
@@ -518,6 +563,12 @@ def _trial_line(trial: Trial) -> str:
             f"{trial.kept_up}/{trial.streams} kept up: {verdict}")
 
 
+def _alone_line(trial: Trial) -> str:
+    return (f"{trial.streams} streams: WER {format_number(trial.wer, '.2f')} % under load, "
+            f"{format_number(trial.wer_alone, '.2f')} % with each stream alone; the words under load against the "
+            f"words alone: {format_number(trial.wer_against_alone, '.2f')} %")
+
+
 def _ms(seconds: float | None) -> str:
     return format_number(seconds, ".0f", 1000.0)
 
@@ -533,7 +584,11 @@ TRIAL_COLUMNS: list[Column] = [
     *LATENCY_COLUMNS, ("worst stream p90 ms", lambda t: _ms(t["worst_stream_p90_s"])),
     ("Jain", lambda t: format_number(t["jain_mean_latency"], ".3f")),
     ("p90 max/min", lambda t: format_number(t["p90_max_over_min"], ".2f")),
-    ("WER %", lambda t: format_number(t["wer"], ".2f")), ("partials", lambda t: str(t["partials"])),
+    ("WER %", lambda t: format_number(t["wer"], ".2f")),
+    # --alone: the same streams each alone, and the words under load scored against those (absent otherwise).
+    ("WER alone %", lambda t: format_number(t.get("wer_alone"), ".2f")),
+    ("against alone %", lambda t: format_number(t.get("wer_against_alone"), ".2f")),
+    ("partials", lambda t: str(t["partials"])),
     ("errors", lambda t: str(t["errors"])),
     # From the server's /metrics: how busy its engine was, the steps' share of that, the rows a step carried.
     ("engine busy %", lambda t: _engine(t, lambda e: format_number(e["busy"], ".0f", 100.0))),
@@ -550,6 +605,7 @@ STREAM_COLUMNS: list[Column] = [
     ("stream", lambda r: str(r["stream"] + 1)), ("audio s", lambda r: format_number(r["audio_s"], ".1f")),
     ("finals", lambda r: str(r["finals"])), *LATENCY_COLUMNS,
     ("WER %", lambda r: format_number(r["wer"], ".2f")),
+    ("against alone %", lambda r: format_number(r.get("wer_against_alone"), ".2f")),
     ("closed after s", lambda r: format_number(r["closed_after_s"], ".2f")),
     ("client lag ms", lambda r: _ms(r["client_lag_s"])), ("kept up", lambda r: "yes" if r["kept_up"] else "no"),
 ]

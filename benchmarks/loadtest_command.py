@@ -50,5 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser, add_model_arguments) -> None:
     parser.add_argument("--partial-interval", type=float, metavar="S",
                         help="start the server with --partial-interval S: seconds of speech between partials, 0 for "
                         "finals only (not with --url; default: the server's)")
+    parser.add_argument("--alone", action="store_true",
+                        help="after the trials, play each stream's audio alone through `edge-asr stream` with the "
+                        "same model options, and score the words under load against each stream's own words alone "
+                        "(its clip order, not load, sets its WER; not with --url; about 3 s a stream)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE")
     add_model_arguments(parser)

@@ -17,6 +17,7 @@ import soundfile as sf
 from edge_asr.benchmarks import loadtest
 from edge_asr.benchmarks.engine_split import engine_split, metrics_url, parse_engine_counters
 from edge_asr.benchmarks.loadtest import ServerPlan, find_max, main
+from edge_asr.models.wer import normalise
 from edge_asr.runtime.audio import SAMPLE_RATE
 
 pytest.importorskip("websockets")
@@ -235,6 +236,58 @@ def test_a_server_started_here_serves_the_trial(tmp_path, tiny_bundle, jfk_wav):
     engine = trial["engine"]
     assert min(engine["calls"].values()) >= 1 and engine["rows_per_step"] >= 1
     assert sum(engine["share"].values()) == pytest.approx(1.0) and 0 < engine["busy"] < 2
+
+
+@pytest.mark.slow
+def test_a_stream_alone_through_edge_asr_stream_gets_the_words_it_gets_alone_from_the_server(tmp_path,
+                                                                                            tiny_fp32_bundle, jfk_wav):
+    """--alone's premise: `edge-asr stream` with the server's options gives a stream the words that the server
+    gives it when it is the only stream (one stream, real-time pace, partials on: fp32, where drafts are exact)."""
+    folder = tmp_path / "jfk"
+    folder.mkdir()
+    (folder / "jfk.wav").symlink_to(jfk_wav)
+    (folder / "references.tsv").write_text(
+        "jfk\tAnd so my fellow Americans, ask not what your country can do for you, ask what you can do for your "
+        "country.\n")
+    doc = loadtest_json(tmp_path, "--bundle", str(tiny_fp32_bundle), "--threads", "2", "--input", str(folder),
+                        "--workers", "2", "--alone")
+    trial = doc["trials"][0]
+    (stream,) = trial["per_stream"]
+    assert "fellow Americans" in stream["text_alone"]
+    assert normalise(stream["text_alone"]) == normalise(stream["text"])
+    assert trial["wer_against_alone"] == stream["wer_against_alone"] == 0.0
+    assert trial["wer_alone"] == pytest.approx(trial["wer"])
+
+
+def test_streams_are_judged_against_their_own_words_alone():
+    runs = [loadtest.StreamRun(0, 2.0, "red green blue gold", latencies=[0.5], texts=["red green", "blue grey"]),
+            loadtest.StreamRun(1, 2.0, "cat dog", latencies=[0.5], texts=["cat dog"])]
+    trial = loadtest.trial_figures(runs, 1.0, None)
+    (judged,) = loadtest.against_alone([trial], ["red green blue gold", "cat cow"])
+    assert trial.wer == pytest.approx(100 / 6) and judged.wer == trial.wer  # under load: 1 error in 6 words
+    assert judged.wer_alone == pytest.approx(100 / 6)  # alone: "cow" for "dog"
+    # Under load against alone: "grey" for "gold" and "dog" for "cow": 2 of the alone words' 6.
+    assert judged.wer_against_alone == pytest.approx(100 * 2 / 6)
+    assert [row.wer_against_alone for row in judged.per_stream] == [pytest.approx(25.0), pytest.approx(50.0)]
+    assert [row.text_alone for row in judged.per_stream] == ["red green blue gold", "cat cow"]
+
+
+def test_alone_uses_the_servers_options_but_not_its_workers_and_needs_the_server_here(clips, capsys):
+    plan = ServerPlan(model="tiny.en-adaptive", threads=2, workers=3, partial_interval=0.5)
+    assert plan.stream_options() == ["--model", "tiny.en-adaptive", "--threads", "2", "--partial-interval", "0.5"]
+    assert plan.options()[-4:] == ["--workers", "3", "--partial-interval", "0.5"]  # the server's own keep them
+    assert main(["--url", "ws://127.0.0.1:9/", "--input", str(clips), "--alone"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-asr: --alone runs each stream through `edge-asr stream`") and "\n" not in err
+
+
+def test_finals_text_joins_the_finals_of_stream_jsonl():
+    from edge_asr.benchmarks.alone_words import finals_text
+
+    jsonl = "\n".join(json.dumps(e) for e in [{"type": "partial", "text": "and so"},
+                                                {"type": "final", "text": "And so my fellow Americans."},
+                                                {"type": "final", "text": ""}, {"type": "final", "text": "Ask not!"}])
+    assert finals_text(jsonl + "\n") == "And so my fellow Americans. Ask not!"
 
 
 def test_engine_split_from_two_scrapes():
