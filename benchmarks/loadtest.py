@@ -172,7 +172,8 @@ def loadtest(plan: LoadtestPlan) -> dict:
             plan.server.stream_options(),
             lambda i, n: print(f"loadtest: stream {i + 1} of {n} alone (edge-asr stream)", file=sys.stderr,
                                flush=True)))
-        print(f"loadtest: {_alone_line(trials[-1])}", file=sys.stderr)
+        for trial in trials:
+            print(f"loadtest: {_alone_line(trial)}", file=sys.stderr)
     return document(plan, url, trials, found)
 
 
