@@ -281,6 +281,32 @@ def test_alone_uses_the_servers_options_but_not_its_workers_and_needs_the_server
     assert err.startswith("edge-asr: --alone runs each stream through `edge-asr stream`") and "\n" not in err
 
 
+def test_a_failed_alone_run_keeps_the_trials(tmp_path, serve, clips, monkeypatch, capsys):
+    """--alone comes after minutes of trials: if `edge-asr stream` fails, the trials are still written, and the
+    exit status says that what was asked did not all happen."""
+    from contextlib import contextmanager
+
+    from edge_asr.runtime.errors import EdgeAsrError
+
+    url = serve(FakeServer())
+
+    @contextmanager
+    def fake_server(plan, max_streams):
+        yield url
+
+    def failing(streams, options, say=None):
+        raise EdgeAsrError("stream 1 alone: edge-asr stream failed (exit status 1): no such bundle.")
+
+    monkeypatch.setattr(loadtest, "_server", fake_server)
+    monkeypatch.setattr(loadtest, "alone_texts", failing)
+    out = tmp_path / "loadtest.json"
+    assert main(["--input", str(clips), "--streams", "2", "--alone", "--json", str(out)]) == 1
+    doc = json.loads(out.read_text())
+    assert doc["trials"][0]["streams"] == 2 and doc["trials"][0]["wer_alone"] is None
+    assert doc["alone_error"].startswith("stream 1 alone: edge-asr stream failed")
+    assert "The trials are reported without the words alone." in capsys.readouterr().err
+
+
 def test_finals_text_joins_the_finals_of_stream_jsonl():
     from edge_asr.benchmarks.alone_words import finals_text
 
