@@ -83,20 +83,14 @@ class ServerPlan:
     task: str | None = None
     partial_interval: float | None = None  # 0: a finals-only server
 
-    def options(self) -> list[str]:
-        """The server's command-line options."""
+    def options(self, server: bool = True) -> list[str]:
+        """The server's command-line options; with ``server`` False the same for `edge-asr stream`, which serves
+        one stream (no --workers)."""
         pairs = (("--bundle", self.bundle), ("--model", self.model), ("--precision", self.precision),
                  ("--threads", self.threads), ("--beam", self.beam), ("--language", self.language),
-                 ("--task", self.task), ("--workers", self.workers), ("--partial-interval", self.partial_interval))
+                 ("--task", self.task), ("--workers", self.workers if server else None),
+                 ("--partial-interval", self.partial_interval))
         return [text for flag, value in pairs if value is not None for text in (flag, str(value))]
-
-    def stream_options(self) -> list[str]:
-        """The same model and streaming options for `edge-asr stream`, which serves one stream (no --workers)."""
-        options = self.options()
-        if self.workers is not None:
-            at = options.index("--workers")
-            del options[at : at + 2]
-        return options
 
 
 @dataclass(frozen=True)
@@ -171,14 +165,15 @@ def loadtest(plan: LoadtestPlan) -> dict:
         try:
             trials = against_alone(trials, alone_texts(
                 [audio for audio, _ in stream_plan(plan.clips, max(t.streams for t in trials), plan.seconds)],
-                plan.server.stream_options(),
+                plan.server.options(server=False),
                 lambda i, n: print(f"loadtest: stream {i + 1} of {n} alone (edge-asr stream)", file=sys.stderr,
                                    flush=True)))
         except EdgeAsrError as err:  # the trials, minutes of them, are still reported
             alone_error = str(err)
             print(f"edge-asr: {err} The trials are reported without the words alone.", file=sys.stderr)
-        for trial in trials if alone_error is None else []:
-            print(f"loadtest: {_alone_line(trial)}", file=sys.stderr)
+        else:
+            for trial in trials:
+                print(f"loadtest: {_alone_line(trial)}", file=sys.stderr)
     return document(plan, url, trials, found, alone_error)
 
 

@@ -274,7 +274,8 @@ def test_streams_are_judged_against_their_own_words_alone():
 
 def test_alone_uses_the_servers_options_but_not_its_workers_and_needs_the_server_here(clips, capsys):
     plan = ServerPlan(model="tiny.en-adaptive", threads=2, workers=3, partial_interval=0.5)
-    assert plan.stream_options() == ["--model", "tiny.en-adaptive", "--threads", "2", "--partial-interval", "0.5"]
+    assert plan.options(server=False) == ["--model", "tiny.en-adaptive", "--threads", "2", "--partial-interval",
+                                          "0.5"]
     assert plan.options()[-4:] == ["--workers", "3", "--partial-interval", "0.5"]  # the server's own keep them
     assert main(["--url", "ws://127.0.0.1:9/", "--input", str(clips), "--alone"]) == 1
     err = capsys.readouterr().err.strip()
